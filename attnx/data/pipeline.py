@@ -38,7 +38,7 @@ import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
-from attnx.data import listops, pathfinder, pystdlib, seq2seq_digits, textfile
+from attnx.data import duplication, listops, pathfinder, pystdlib, seq2seq_digits, textfile
 
 Batch = dict[str, np.ndarray]
 
@@ -49,6 +49,7 @@ EMBEDDED = {
     "listops": "classification",
     "pathfinder": "classification",
     "seq2seq_digits": "seq2seq",
+    "duplication": "lm",
 }
 # ITU-R BT.601 luma weights (as tf.image.rgb_to_grayscale) in units of 1e-4, for exact rounding.
 _GRAY_WEIGHTS = np.array([2989, 5870, 1140], np.int64)
@@ -63,7 +64,8 @@ def default_data_config(**overrides: Any) -> ml_collections.ConfigDict:
       ValueError: an override names a field that does not exist.
     """
     config = ml_collections.ConfigDict()
-    config.name = "pystdlib"  # pystdlib | textfile | listops | pathfinder | seq2seq_digits | TFDS
+    config.name = "pystdlib"  # pystdlib | textfile | listops | pathfinder | seq2seq_digits |
+    #                           duplication | TFDS
     config.builder_config = ml_collections.FieldReference(None, field_type=str)  # e.g. 'tiny'
     config.data_dir = ml_collections.FieldReference(None, field_type=str)  # None: TFDS default
     config.path = ml_collections.FieldReference(None, field_type=str)  # textfile's file or dir
@@ -356,7 +358,8 @@ def _builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
             raise ValueError("data.path must name a file or directory for data.name='textfile'")
         return textfile.Textfile(path=config.path, data_dir=data_dir)
     generated = {"listops": listops.Listops, "pathfinder": pathfinder.Pathfinder,
-                 "seq2seq_digits": seq2seq_digits.Seq2seqDigits}
+                 "seq2seq_digits": seq2seq_digits.Seq2seqDigits,
+                 "duplication": duplication.Duplication}
     if name in generated:
         builder_cls = generated[name]
         known = [c.name for c in builder_cls.BUILDER_CONFIGS]
@@ -448,7 +451,20 @@ def build(data_config: ml_collections.ConfigDict, *, seed: int) -> Dataset:
     def source(split: str) -> Any:
         return builder.as_data_source(split)
 
-    if task == "lm":
+    if name == "duplication":  # Token sequences, scored on their second half.
+        length = builder.builder_config.length
+        if config.seq_len != length:
+            raise ValueError(
+                f"data.seq_len must equal the length of duplication/{builder.builder_config.name} "
+                f"sequences, {length}, got {config.seq_len}"
+            )
+        info = DataInfo("lm", duplication.vocab_size(builder.builder_config), 0, None, length,
+                        None, None, None)
+
+        def open_split(split: str, train: bool) -> _Split:
+            return duplication.Rows(source(split), length)
+
+    elif task == "lm":
         _require_text_key(builder, config.text_key)
         separator = b"" if name in EMBEDDED else b"\n"
         info = DataInfo("lm", 256, 0, None, config.seq_len, None, None, None)
