@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from attnx.layers.norm import LayerNorm
 from attnx.models.transformer import Embedding, Stack, TransformerConfig
 
 Array = jax.Array
@@ -86,7 +87,7 @@ class LongformerMLM(nnx.Module):
         self.embed = Embedding(cfg, rngs=rngs)
         self.encoder = Stack(cfg, cfg.num_layers, rngs=rngs)
         self.transform = nnx.Linear(d, d, dtype=cfg.dtype, rngs=rngs)
-        self.transform_norm = nnx.LayerNorm(d, rngs=rngs)
+        self.transform_norm = LayerNorm(d, rngs=rngs)
         self.output_bias = nnx.Param(jnp.zeros(cfg.vocab_size))
 
     def __call__(self, ids: Array, mask: Array, *, global_mask: Array | None = None,

@@ -29,6 +29,7 @@ from attnx.attention import registry
 from attnx.layers.attention import MultiHeadAttention
 from attnx.layers.axial import AxialPosition
 from attnx.layers.feed_forward import ACTIVATIONS, ChunkedFeedForward, FeedForward, dropout
+from attnx.layers.norm import LayerNorm
 from attnx.layers.reversible import ReversibleBlock, ReversibleSequence
 
 Array = jax.Array
@@ -98,7 +99,7 @@ class AttentionBranch(nnx.Module):
     """The f branch of a Reformer block: `x [B, T, D] -> dropout(Attn(LN x))`, causal."""
 
     def __init__(self, cfg: ReformerConfig, mechanism: str, *, rngs: nnx.Rngs):
-        self.norm = nnx.LayerNorm(cfg.d_model, rngs=rngs)
+        self.norm = LayerNorm(cfg.d_model, rngs=rngs)
         self.attention = MultiHeadAttention(
             cfg.d_model, cfg.num_heads, head_dim=cfg.head_dim, mechanism=mechanism,
             options=cfg.options(mechanism), attention_dropout=cfg.attention_dropout,
@@ -128,7 +129,7 @@ class FeedForwardBranch(nnx.Module):
     """The g branch of a Reformer block: `x [B, T, D] -> dropout(FF(LN x))`, chunked or not."""
 
     def __init__(self, cfg: ReformerConfig, *, rngs: nnx.Rngs):
-        self.norm = nnx.LayerNorm(cfg.d_model, rngs=rngs)
+        self.norm = LayerNorm(cfg.d_model, rngs=rngs)
         kwargs = dict(activation=cfg.activation, dropout_rate=cfg.dropout_rate, dtype=cfg.dtype,
                       rngs=rngs)
         if cfg.ff_chunk_len is None:
@@ -160,7 +161,7 @@ class ReformerLM(nnx.Module):
             [ReversibleBlock(AttentionBranch(cfg, name, rngs=rngs),
                              FeedForwardBranch(cfg, rngs=rngs)) for name in cfg.attn_layers],
             reversible=cfg.reversible)
-        self.final_norm = nnx.LayerNorm(2 * cfg.d_model, rngs=rngs)
+        self.final_norm = LayerNorm(2 * cfg.d_model, rngs=rngs)
         self.lm_head = nnx.Linear(2 * cfg.d_model, cfg.vocab_size, dtype=cfg.dtype, rngs=rngs)
 
     def __call__(self, ids: Array, *, rng: Array | None = None) -> Array:

@@ -17,6 +17,7 @@ from flax import nnx
 from attnx.attention import registry
 from attnx.layers.attention import MultiHeadAttention, init_cache
 from attnx.layers.feed_forward import FeedForward, dropout
+from attnx.layers.norm import LayerNorm
 from attnx.layers.position import make_position
 
 Array = jax.Array
@@ -76,19 +77,19 @@ class Block(nnx.Module):
         self.self_attention = MultiHeadAttention(
             d, cfg.num_heads, mechanism=mechanism or cfg.attention, options=cfg.attention_options,
             attention_dropout=cfg.attention_dropout, dtype=cfg.dtype, rngs=rngs)
-        self.self_attention_norm = nnx.LayerNorm(d, rngs=rngs)
+        self.self_attention_norm = LayerNorm(d, rngs=rngs)
         if cross_attention:
             self.cross_attention = MultiHeadAttention(
                 d, cfg.num_heads, mechanism=cfg.cross_attention,
                 attention_dropout=cfg.attention_dropout, dtype=cfg.dtype, rngs=rngs)
-            self.cross_attention_norm = nnx.LayerNorm(d, rngs=rngs)
+            self.cross_attention_norm = LayerNorm(d, rngs=rngs)
         else:
             self.cross_attention = None
         self.feed_forward = FeedForward(d, cfg.d_ff, activation=cfg.activation,
                                         dropout_rate=cfg.dropout_rate, dtype=cfg.dtype, rngs=rngs)
-        self.feed_forward_norm = nnx.LayerNorm(d, rngs=rngs)
+        self.feed_forward_norm = LayerNorm(d, rngs=rngs)
 
-    def _residual(self, x: Array, norm: nnx.LayerNorm, sublayer, rng: Array | None) -> Array:
+    def _residual(self, x: Array, norm: LayerNorm, sublayer, rng: Array | None) -> Array:
         """Pre-LN: x + drop(f(LN x)); post-LN: LN(x + drop(f(x)))."""
         if self.norm_placement == "pre":
             return x + dropout(sublayer(norm(x)), self.dropout_rate, rng)
@@ -143,7 +144,7 @@ class Stack(nnx.Module):
         self.blocks = nnx.List([
             Block(cfg, cross_attention=cross_attention, mechanism=mechanism, rngs=rngs)
             for _ in range(num_layers)])
-        self.final_norm = nnx.LayerNorm(cfg.d_model, rngs=rngs) if cfg.norm == "pre" else None
+        self.final_norm = LayerNorm(cfg.d_model, rngs=rngs) if cfg.norm == "pre" else None
 
     def __call__(self, x: Array, *, rng: Array | None = None, caches=None, **kwargs):
         new_caches = []
