@@ -330,3 +330,96 @@ def test_bad_global_projections_and_traced_global_mask(inputs):
         traced(global_mask)
     with pytest.raises(ValueError, match="window"):
         longformer.pattern(q, k, window=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Dropout entry by entry: one-hot values make every output row the row's (dropped) weights.
+
+
+def _weights_oracle(q: np.ndarray, k: np.ndarray, allowed: np.ndarray) -> np.ndarray:
+    """Softmax weights `[B, N, T, T]` in float64 over the allowed keys (`allowed` `[B, T, T]`),
+    written out in NumPy: q, k `[B, T, N, H]`."""
+    logits = np.einsum("bqnh,bknh->bnqk", q, k) / np.sqrt(q.shape[-1])
+    logits = np.where(allowed[:, None], logits, -np.inf)
+    exp = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+@pytest.mark.parametrize("dilation", [1, 2])
+def test_dropout_is_drawn_per_entry(inputs, dilation):
+    """With v[j] = e_j, out[b, i, n] is row i of head n's weights after dropout: each allowed
+    entry is either weight / (1 - rate) or 0, ~rate of them are 0, and the drop patterns are not
+    copies of one another across heads, batch rows or positions (as a mask reused per chunk of
+    blocks, per subsequence of the dilation, per head or per batch row would make them)."""
+    window, rate = 3, 0.3
+    key_mask, global_mask = inputs["key_mask"], inputs["global_mask"]
+    qk = jax.random.normal(jax.random.key(6), (2, B, T, N, T))
+    v = jnp.broadcast_to(jnp.eye(T)[None, :, None, :], (B, T, N, T))  # head_dim T: one-hot keys
+    fn = jax.jit(functools.partial(
+        swa, window=window, dilation=dilation, block_size=4, mask=key_mask,
+        global_mask=global_mask, max_global=3, dropout_rate=rate))
+    out = np.asarray(fn(qk[0], qk[1], v, dropout_rng=jax.random.key(7, impl="rbg")))
+    out = out.transpose(0, 2, 1, 3)  # [B, N, T (query), T (key)]
+
+    band = _band(T, window, dilation)[None] & ~global_mask[:, None, :]  # band keys: not global
+    allowed = (band | global_mask[:, :, None] | global_mask[:, None, :]) & key_mask[:, None, :]
+    weights = _weights_oracle(np.asarray(qk[0], np.float64), np.asarray(qk[1], np.float64),
+                              allowed)
+    allowed = np.broadcast_to(allowed[:, None], out.shape)
+    assert np.all(out[~allowed] == 0)
+    dropped = out == 0
+    kept = np.isclose(out, weights / (1 - rate), rtol=1e-4, atol=0) & ~dropped
+    assert np.all((kept | dropped)[allowed])
+    fraction = dropped[allowed].mean()
+    assert abs(fraction - rate) < 5 * np.sqrt(rate * (1 - rate) / allowed.sum())
+
+    # The band entries of rows that are not global (those the banded computation produces).
+    band_rows = band & ~global_mask[:, :, None] & key_mask[:, None, :]  # [B, T, T]
+    band_rows = np.broadcast_to(band_rows[:, None], out.shape)
+    assert abs(dropped[band_rows].mean() - rate) < 5 * np.sqrt(
+        rate * (1 - rate) / band_rows.sum())
+
+    def differ(x: np.ndarray, y: np.ndarray, where: np.ndarray) -> bool:
+        assert where.sum() >= 20  # enough entries that equal patterns cannot be chance
+        return bool(np.any(x[where] != y[where]))
+
+    assert differ(dropped[:, 0], dropped[:, 1], band_rows[:, 0])  # heads
+    assert differ(dropped[0], dropped[1], band_rows[0] & band_rows[1])  # batch rows
+    # Positions: row i's band entries against row i + s's, for every shift s, at the same offsets
+    # (i, j) ~ (i + s, j + s) and at the same keys (i, j) ~ (i + s, j). A mask reused across
+    # chunks of blocks, across the blocks of one chunk, across the subsequences of the dilation or
+    # across the rows of a block makes many such row pairs drop exactly the same entries; drawn
+    # independently, a pair with >= 5 band entries in common matches with probability
+    # <= (rate**2 + (1 - rate)**2)**5 < 0.07.
+    pad = [(0, 0)] * 3 + [(0, T)]  # keys past the end: not in the band
+    dropped_p, band_p = np.pad(dropped, pad), np.pad(band_rows, pad)
+    checked = 0
+    for s in range(1, T):
+        for key_shift in (s, 0):
+            later = np.s_[..., s:, key_shift:key_shift + T]
+            common = band_p[later] & band_rows[..., :-s, :]  # [B, N, T - s, T]
+            same = np.all((dropped_p[later] == dropped[..., :-s, :]) | ~common, axis=-1)
+            pairs = common.sum(axis=-1) >= 5
+            if pairs.sum() >= 20:
+                checked += 1
+                assert same[pairs].mean() < 0.3, (s, key_shift)
+    assert checked > T // 2
+
+
+def test_constant_global_mask_is_not_folded_at_compile_time(inputs):
+    """A classifier's global mask ([CLS]) is a constant under jit; XLA must not constant-fold the
+    ops on it (its evaluator ran the argsort element by element: ~1 s per [32, 1024] row block and
+    layer of compile time), so the compiled computation still sorts at run time."""
+    q, k, v = _qkv(inputs)
+
+    @jax.jit
+    def fn(q, k, v):
+        global_mask = jnp.zeros((B, T), bool).at[:, 0].set(True)
+        return swa(q, k, v, window=3, block_size=4, global_mask=global_mask, max_global=1)
+
+    hlo = fn.lower(q, k, v).compile().as_text()
+    assert " sort(" in hlo
+    allowed = np.zeros((B, T, T), bool)
+    allowed[:] = _band(T, 3, 1)
+    allowed[:, 0, :] = allowed[:, :, 0] = True
+    _assert_close(fn(q, k, v), dense.attention(q, k, v, mask=allowed[:, None]))

@@ -407,7 +407,11 @@ def sliding_window_attention(
         )
         return out.astype(q.dtype)
 
-    is_global = _first_globals(global_mask, g)  # [B, T]
+    # The barrier keeps XLA from evaluating what follows at compile time when the global mask is a
+    # constant under jit (a classifier's [CLS]): its constant folding runs the argsort, the cumsums
+    # and the gathers below element by element, ~1 s per [32, 1024] argsort and layer, whereas at
+    # run time they take microseconds.
+    is_global = _first_globals(jax.lax.optimization_barrier(jnp.asarray(global_mask)), g)  # [B, T]
     # Positions of each row's global tokens first (in order), then the rest; keep G slots.
     g_pos = jnp.argsort(~is_global, axis=1, stable=True)[:, :g]  # [B, G]
     g_valid = jnp.take_along_axis(is_global & key_mask, g_pos, axis=1)
