@@ -8,6 +8,7 @@ whether the other is reached.
 
 from __future__ import annotations
 
+import hashlib
 import math
 
 import numpy as np
@@ -266,6 +267,25 @@ def test_deterministic_balanced_and_versioned(records):
     names = set(pathfinder.Pathfinder.builder_configs)
     assert {"32_hard", "32_easy", "64_hard", "128_hard", "small_32_hard", "tiny"} <= names
     assert pathfinder.Pathfinder.builder_configs["32_hard"].num_train == 160_000
+
+
+# sha256 of the examples below as each generator version draws them: pixels, dashes to 1e-3 px,
+# dash owners. 1.0.0's was computed with that version's code before its hot loops were rewritten
+# for speed (the rewrite draws the same examples).
+DIGESTS = {"1.0.0": "fd36457bee063cbb6c9acf3c98d58687453ebeacc01336f64e3e08dd7145168d"}
+
+
+def test_examples_are_those_of_the_released_version():
+    """Same seed, same images: a change to what is drawn must bump Pathfinder.VERSION (and add
+    its digest here), since stored datasets of the old version would otherwise silently differ."""
+    digest = hashlib.sha256()
+    for index, (size, difficulty) in enumerate([(32, "hard")] * 4 + [(32, "easy"), (64, "hard")]):
+        record = pathfinder.example(0, "test", index, index % 2, image_size=size,
+                                    difficulty=difficulty)
+        digest.update(record["image"].tobytes())
+        digest.update(np.round(record["dashes"].astype(np.float64), 3).tobytes())
+        digest.update(record["dash_path"].astype(np.int64).tobytes())
+    assert digest.hexdigest() == DIGESTS[str(pathfinder.Pathfinder.VERSION)]
 
 
 def test_bad_arguments_are_rejected():

@@ -39,6 +39,7 @@ balanced within each split.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Iterator
 
@@ -110,17 +111,23 @@ def _capsule_distance(a: np.ndarray, b: np.ndarray, extent: float, cells: int,
     `extent` of segment a-b's bounding box to the segment: (window, distances `[h, w]`). With
     `flat`, cells beside the segment's ends (not between its two perpendiculars) are at infinity,
     so that a stroke of the segment has flat ends."""
-    lo = np.floor((np.minimum(a, b) - extent) * SUPERSAMPLE).astype(int).clip(0, cells)
-    hi = np.ceil((np.maximum(a, b) + extent) * SUPERSAMPLE).astype(int).clip(0, cells)
-    x = (np.arange(lo[0], hi[0]) + 0.5)[None, :] / SUPERSAMPLE - a[0]
-    y = (np.arange(lo[1], hi[1]) + 0.5)[:, None] / SUPERSAMPLE - a[1]
+    (ax, ay), (bx, by) = a.tolist(), b.tolist()
+    lo_x, lo_y, hi_x, hi_y = (
+        min(max(bound, 0), cells) for bound in (
+            math.floor((min(ax, bx) - extent) * SUPERSAMPLE),
+            math.floor((min(ay, by) - extent) * SUPERSAMPLE),
+            math.ceil((max(ax, bx) + extent) * SUPERSAMPLE),
+            math.ceil((max(ay, by) + extent) * SUPERSAMPLE)))
+    x = (np.arange(lo_x, hi_x) + 0.5)[None, :] / SUPERSAMPLE - ax
+    y = (np.arange(lo_y, hi_y) + 0.5)[:, None] / SUPERSAMPLE - ay
     ab = b - a
-    along = (x * ab[0] + y * ab[1]) / max(float(ab @ ab), 1e-12)
-    t = np.clip(along, 0.0, 1.0)
-    distance = np.sqrt((x - t * ab[0]) ** 2 + (y - t * ab[1]) ** 2)
+    abx, aby = ab.tolist()
+    along = (x * abx + y * aby) / max(float(ab @ ab), 1e-12)
+    t = np.minimum(np.maximum(along, 0.0), 1.0)
+    distance = np.sqrt((x - t * abx) ** 2 + (y - t * aby) ** 2)
     if flat:
         distance = np.where(along == t, distance, np.inf)
-    return (slice(lo[1], hi[1]), slice(lo[0], hi[0])), distance
+    return (slice(lo_y, hi_y), slice(lo_x, hi_x)), distance
 
 
 def _stamp(field: np.ndarray, a: np.ndarray, b: np.ndarray, radius: float, reach: float) -> None:
@@ -133,7 +140,7 @@ def _stamp(field: np.ndarray, a: np.ndarray, b: np.ndarray, radius: float, reach
 def _room(field: np.ndarray, points: np.ndarray) -> np.ndarray:
     """The field at the cells holding `points` `[..., 2]` (x, y pixels inside the image)."""
     index = (points * SUPERSAMPLE).astype(int)
-    return field[index[..., 1], index[..., 0]]
+    return field.ravel()[index[..., 1] * field.shape[1] + index[..., 0]]
 
 
 class _Geometry:
@@ -161,6 +168,12 @@ class _Geometry:
                 self.pieces[lone, end] = (length, fraction, needed)
 
 
+@functools.lru_cache(maxsize=None)
+def _geometry(size: int, marked: bool) -> _Geometry:
+    """`_Geometry(size, marked)`, built once (read only)."""
+    return _Geometry(size, marked)
+
+
 @dataclasses.dataclass(frozen=True)
 class _Shapes:
     """Capsules of the path being grown: segments a-b `[M, 2]`, half-widths and piece numbers
@@ -183,19 +196,50 @@ class _Shapes:
                        np.concatenate([self.index, other.index]))
 
 
-def _clear(points: np.ndarray, needed: np.ndarray, field: np.ndarray, own: _Shapes,
+class _ShapeStack:
+    """The shapes `_clear` tests a candidate piece against, as a stack that grows and shrinks with
+    the path in place: segment starts `a` and directions `ab` (`[M, 2]`), `max(|ab|^2, 1e-12)`,
+    half-widths and piece numbers (`[M]`), for the first `size` of `capacity` rows."""
+
+    def __init__(self, shapes: _Shapes, capacity: int):
+        n = len(shapes.index)
+        self.a, self.ab = np.zeros((capacity, 2)), np.zeros((capacity, 2))
+        self.length2, self.radius = np.zeros(capacity), np.zeros(capacity)
+        self.index = np.zeros(capacity, int)
+        self.a[:n], self.ab[:n] = shapes.a, shapes.b - shapes.a
+        self.length2[:n] = np.maximum((self.ab[:n] * self.ab[:n]).sum(-1), 1e-12)
+        self.radius[:n], self.index[:n] = shapes.radius, shapes.index
+        self.size = n
+
+    def push(self, a: np.ndarray, b: np.ndarray, radius: float, index: int) -> None:
+        """Add segment a-b `[2]`."""
+        m = self.size
+        self.a[m], self.ab[m] = a, b - a
+        self.length2[m] = max((self.ab[m] * self.ab[m]).sum(), 1e-12)
+        self.radius[m], self.index[m] = radius, index
+        self.size = m + 1
+
+    def pop(self) -> None:
+        self.size -= 1
+
+
+def _clear(points: np.ndarray, needed: np.ndarray, field: np.ndarray, own: _ShapeStack,
            piece: int) -> np.ndarray:
     """Whether candidate pieces sampled at `points` `[K, P, 2]`, each point needing `needed` `[P]`
     (its half-width + separation + slack) of room, are clear of the other paths (`field`) and of
     this path's shapes on pieces not adjacent to `piece`: bool `[K]`."""
     ok = (_room(field, points) >= needed).all(-1)
-    near = np.abs(own.index - piece) >= 2
-    if near.any() and ok.any():
-        a, ab = own.a[near], own.b[near] - own.a[near]
+    if not ok.any():
+        return ok
+    m = own.size
+    near = np.abs(own.index[:m] - piece) >= 2
+    if near.any():
+        a, ab = own.a[:m][near], own.ab[:m][near]
         x = points[ok][..., None, :] - a  # [K', P, M, 2]
-        t = np.clip((x * ab).sum(-1) / np.maximum((ab * ab).sum(-1), 1e-12), 0.0, 1.0)
-        distance = np.linalg.norm(x - t[..., None] * ab, axis=-1)
-        ok[ok] = (distance >= needed[:, None] + own.radius[near]).all(axis=(1, 2))
+        t = np.minimum(np.maximum((x * ab).sum(-1) / own.length2[:m][near], 0.0), 1.0)
+        offset = x - t[..., None] * ab
+        distance = np.sqrt((offset * offset).sum(-1))  # what np.linalg.norm computes
+        ok[ok] = (distance >= needed[:, None] + own.radius[:m][near]).all(axis=(1, 2))
     return ok
 
 
@@ -207,26 +251,31 @@ def _grow_half(rng: np.random.Generator, origin: np.ndarray, heading: float,
     with `last`, the final piece is a lone dash. A piece with no valid candidate turn removes the
     piece before it (backtracking), at most `_BACKTRACKS` times."""
     vertices, headings = [origin], [heading]
+    shapes = _ShapeStack(own, len(own.index) + len(pieces))  # own + the pieces grown so far
+    direction = np.empty((TURN_CANDIDATES, 2))
     backtracks = 0
     while len(vertices) <= len(pieces):
         step = len(vertices) - 1
         final = step == len(pieces) - 1
         length, fraction, needed = g.pieces[last and final, final]
         turns = headings[-1] + rng.uniform(-MAX_TURN, MAX_TURN, TURN_CANDIDATES)
-        ends = vertices[-1] + length * np.stack([np.cos(turns), np.sin(turns)], -1)
+        np.cos(turns, out=direction[:, 0])
+        np.sin(turns, out=direction[:, 1])
+        ends = vertices[-1] + length * direction
         ok = ((ends >= g.low) & (ends <= g.high)).all(-1)
         if ok.any():
             points = vertices[-1] + fraction * (ends[ok] - vertices[-1])[:, None]  # [K', P, 2]
-            grown = own + _Shapes.of(np.array(vertices), pieces, g.stroke)
-            ok[ok] = _clear(points, needed, field, grown, pieces[step])
+            ok[ok] = _clear(points, needed, field, shapes, pieces[step])
         if ok.any():
             choice = int(np.argmax(ok))
+            shapes.push(vertices[-1], ends[choice], g.stroke, pieces[step])
             vertices.append(ends[choice])
             headings.append(turns[choice])
         elif step == 0 or backtracks == _BACKTRACKS:
             return None
         else:
             backtracks += 1
+            shapes.pop()
             del vertices[-1], headings[-1]
     return vertices[1:]
 
@@ -240,7 +289,7 @@ def _grow(rng: np.random.Generator, n_pieces: int, marked: bool, field: np.ndarr
     straight): first its pieces from the seed to the end, then back from the seed to the start.
     With `marked`, both ends are marker discs: they keep their distance as such and are added as
     such, drawn or not."""
-    g = _Geometry(size, marked)
+    g = _geometry(size, marked)
     middle = n_pieces // 2
     no_shapes = _Shapes(np.zeros((0, 2)), np.zeros((0, 2)), np.zeros(0), np.zeros(0, int))
     for _ in range(_PATH_ATTEMPTS):
