@@ -11,6 +11,7 @@ memory are given relative to dense attention at the same length, measured in the
         [--batch=1 --heads=4 --head_dim=64 --dtype=float32 --repeats=5 --block=64]
         [--peers] [--out=DIR]
     python -m attnx.bench --config=configs/transformer_lm.py[:arg] [--steps=10] [--out=DIR]
+    python -m attnx.bench --config=configs/reformer_lm.py --peers   # and HF's ReformerModelWithLMHead
 
 The second form is the model-level mode (`attnx.bench_model`): training steps/s, tokens/s and the
 fraction of the machine's matmul peak (measured in the same run) that a config reaches.
@@ -730,10 +731,24 @@ _CONFIG = config_flags.DEFINE_config_file(
 _STEPS = flags.DEFINE_integer("steps", 10, "Model-level mode: timed train steps (after 2 warm-up).")
 
 
-def run_model(config, *, steps: int, out: str | None) -> dict[str, Any]:
-    """Model-level mode: measure one config's training throughput; print and optionally save."""
+def run_model(config, *, steps: int, out: str | None, peers: bool = False) -> dict[str, Any]:
+    """Model-level mode: measure one config's training throughput; print and optionally save.
+
+    With `peers` (reformer_lm configs), HF's ReformerModelWithLMHead of the same sizes is timed
+    in the same run, right after ours.
+    """
+    if peers:
+        reason = peers_unavailable_reason()
+        if reason is not None:
+            raise app.UsageError(f"--peers: {reason}")
+        if config.model.name != "reformer_lm":
+            raise app.UsageError(f"--peers with --config compares reformer_lm configs with HF "
+                                 f"transformers; config.model.name is {config.model.name!r}")
     _progress(f"model-level benchmark of {config.model.name}: compiling and timing {steps} steps")
     record = bench_model.measure_config(config, steps=steps)
+    if peers:
+        _progress(f"timing {steps} steps of HF ReformerModelWithLMHead with the same sizes")
+        record["peer"] = bench_model.measure_reformer_peer(config, steps=steps)
     markdown = bench_model.format_record(record)
     print(markdown)
     if out:
@@ -759,7 +774,7 @@ def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     if _CONFIG.value is not None:
-        run_model(_CONFIG.value, steps=_STEPS.value, out=_OUT.value)
+        run_model(_CONFIG.value, steps=_STEPS.value, out=_OUT.value, peers=_PEERS.value)
         return
     names = _MECHANISMS.value or registry.names()
     mechanisms = [registry.get(name) for name in names]

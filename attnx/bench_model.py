@@ -1,6 +1,7 @@
 """Model-level benchmark: training throughput of a named config against the machine's matmul peak.
 
     python -m attnx.bench --config=configs/transformer_lm.py[:arg] [--steps=20]
+    python -m attnx.bench --config=configs/reformer_lm.py --peers   # + HF ReformerModelWithLMHead
 
 Measures the median step time of the jitted, donated train step on real batches of the config's
 dataset (after a warm-up, compile time reported separately), tokens/s, and the fraction of the
@@ -109,7 +110,61 @@ def measure_config(config, *, steps: int = 10, warmup: int = 2) -> dict[str, Any
         "tokens_per_s": tokens / step_s, "model_tflops_per_step": flops / 1e12,
         "peak_matmul_gflops": peak / 1e9, "mfu": flops / step_s / peak,
         "final_loss": float(metrics["loss"]), "devices": jax.device_count(),
+        "parameters": sum(leaf.size for leaf in jax.tree.leaves(params)),
     }
+
+
+def measure_reformer_peer(config, *, steps: int = 10, warmup: int = 2) -> dict[str, Any]:
+    """Training throughput of HF transformers' `ReformerModelWithLMHead` sized like `config`.
+
+    For `reformer_lm` configs: the same layers, widths, chunking, hashing, axial positions,
+    dropout, batch and length, AdamW at the config's learning rate, in training mode (HF's
+    reversible backward), on random byte ids. Needs the `peers` extra (torch, transformers).
+    """
+    import torch  # The peers extra; imported here so the benchmark runs without it.
+    from transformers import ReformerConfig as HFReformerConfig
+    from transformers import ReformerModelWithLMHead
+
+    model_config = config.model
+    if model_config.name != "reformer_lm":
+        raise ValueError(f"--peers in model mode compares reformer_lm with HF transformers; "
+                         f"config.model.name is {model_config.name!r}")
+    lsh, local = model_config.lsh_options, model_config.local_options
+    length, batch_size = config.data.seq_len, config.batch_size
+    n_buckets = lsh.n_buckets if isinstance(lsh.n_buckets, int) else list(lsh.n_buckets)
+    hf_config = HFReformerConfig(
+        vocab_size=256, hidden_size=model_config.d_model,
+        num_attention_heads=model_config.num_heads,
+        attention_head_size=model_config.head_dim or model_config.d_model // model_config.num_heads,
+        feed_forward_size=model_config.d_ff, attn_layers=list(model_config.attn_layers),
+        axial_pos_embds=True, axial_pos_shape=tuple(model_config.axial_shape),
+        axial_pos_embds_dim=tuple(model_config.axial_dims), max_position_embeddings=length,
+        lsh_attn_chunk_length=lsh.chunk_len, num_hashes=lsh.n_hashes, num_buckets=n_buckets,
+        lsh_num_chunks_before=lsh.chunks_before, lsh_num_chunks_after=lsh.chunks_after,
+        local_attn_chunk_length=local.chunk_len, local_num_chunks_before=local.chunks_before,
+        local_num_chunks_after=local.chunks_after, is_decoder=True,
+        hidden_act=model_config.activation, hidden_dropout_prob=model_config.dropout_rate,
+        lsh_attention_probs_dropout_prob=model_config.attention_dropout,
+        local_attention_probs_dropout_prob=model_config.attention_dropout,
+        chunk_size_feed_forward=model_config.ff_chunk_len or 0, chunk_size_lm_head=0)
+    torch.manual_seed(config.seed)
+    model = ReformerModelWithLMHead(hf_config).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.optimizer.learning_rate)
+    ids = torch.randint(0, 256, (batch_size, length))
+    times = []
+    for i in range(steps + warmup):
+        start = time.perf_counter()
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    step_s = statistics.median(times)
+    return {"model": "HF ReformerModelWithLMHead", "step_s": step_s,
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "tokens_per_s": batch_size * length / step_s, "final_loss": float(loss.detach()),
+            "torch_threads": torch.get_num_threads()}
 
 
 def format_record(record: dict[str, Any]) -> str:
@@ -125,5 +180,14 @@ def format_record(record: dict[str, Any]) -> str:
         ("matmul peak (same run)", f"{record['peak_matmul_gflops']:.1f} GFLOP/s"),
         ("fraction of peak (MFU)", f"{record['mfu']:.1%}"),
     ]
+    peer = record.get("peer")
+    if peer is not None:
+        rows += [
+            (f"peer: {peer['model']} step time (median)", f"{peer['step_s'] * 1e3:.1f} ms"),
+            ("peer: tokens/s", f"{peer['tokens_per_s']:,.0f} (torch threads "
+                               f"{peer['torch_threads']})"),
+            ("attnx / peer throughput (same run)",
+             f"{record['tokens_per_s'] / peer['tokens_per_s']:.2f}x"),
+        ]
     return "\n".join(["| quantity | value |", "|---|---|"] +
                      [f"| {k} | {v} |" for k, v in rows])

@@ -11,6 +11,7 @@ import sys
 
 import numpy as np
 import pytest
+from absl import app
 
 from attnx import bench
 from attnx.attention import registry
@@ -241,3 +242,25 @@ def test_model_level_mode_reports_throughput_and_mfu(tmp_path):
               "head": np.zeros((8, 4)), "embed": {"embedding": np.zeros((4, 8))},
               "norm": np.zeros((8,))}
     assert bench_model.train_flops_per_token(params, model_cfg, 10, True) == 3 * (2 * 544 + 160)
+
+
+def test_model_level_peer_is_hf_reformer_of_the_same_size(tmp_path):
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from attnx import bench as bench_cli
+    from attnx import bench_model
+    from helpers import load_config
+
+    with pytest.raises(app.UsageError, match="reformer_lm"):
+        bench_cli.run_model(load_config("transformer_lm", "smoke"), steps=1, out=None, peers=True)
+    config = load_config("reformer_lm", "smoke")
+    config.data.data_dir = str(tmp_path / "tfds")
+    record = bench_cli.run_model(config, steps=1, out=None, peers=True)
+    peer = record["peer"]
+    # Same architecture and sizes: the two models hold exactly as many parameters.
+    assert peer["parameters"] == record["parameters"]
+    assert peer["tokens_per_s"] == pytest.approx(config.data.seq_len * config.batch_size
+                                                 / peer["step_s"])
+    ratio = record["tokens_per_s"] / peer["tokens_per_s"]
+    assert f"| attnx / peer throughput (same run) | {ratio:.2f}x |" in (
+        bench_model.format_record(record))
