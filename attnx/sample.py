@@ -119,12 +119,13 @@ def samples_for_summary(config, graphdef, params, dataset, *, seed: int) -> list
 
 
 def main(argv) -> None:
-    from absl import flags
+    from absl import flags, logging
 
     from attnx import checkpoints, data
     from attnx.train import abstract_state
 
     del argv
+    logging.set_verbosity(logging.WARNING)  # keep Orbax's INFO lines out of the output
     f = flags.FLAGS
     path = os.path.join(f.workdir, "config.json")
     if not os.path.exists(path):
