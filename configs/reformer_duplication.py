@@ -15,8 +15,8 @@ Arguments (comma separated):
       experiments/reformer_duplication/README.md).
   smoke  length 32, a few steps.
 Default: the paper's setting: length 1024 (w of 511 symbols from 1..127), a 1-layer model with
-d_model = d_ff = 256 and 4 heads, loss and accuracy on the second half only; 150K steps of batch
-64 as in the paper (an accelerator job).
+d_model = d_ff = 256 and 4 heads, loss and accuracy on the second half only; 150K steps as in the
+paper, batch 64 (an accelerator job).
 """
 
 import ml_collections
