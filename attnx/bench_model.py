@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from attnx import data, train
+from attnx import data, models, train
 from attnx.attention import registry
 
 
@@ -83,7 +83,8 @@ def measure_config(config, *, steps: int = 10, warmup: int = 2) -> dict[str, Any
     params = nnx.state(build(), nnx.Param)
     state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
     state = jax.device_put(state, replicated)
-    step_fn = jax.jit(train.make_train_step(graphdef, info.task, tx, schedule,
+    task = models.get_entry(config.model.name).task
+    step_fn = jax.jit(train.make_train_step(graphdef, task, tx, schedule,
                                             grad_accum_steps=config.grad_accum_steps),
                       donate_argnums=(0,))
     batches = [jax.device_put(dataset.train_batch(i, global_batch_size=config.batch_size),
@@ -101,7 +102,7 @@ def measure_config(config, *, steps: int = 10, warmup: int = 2) -> dict[str, Any
             times.append(time.perf_counter() - start)
     step_s = statistics.median(times)
     tokens = config.batch_size * info.seq_len
-    causal = info.task == "lm"
+    causal = task == "lm"
     flops = train_flops_per_token(params, config.model, info.seq_len, causal) * tokens
     peak = matmul_peak_flops()
     return {

@@ -121,7 +121,7 @@ def samples_for_summary(config, graphdef, params, dataset, *, seed: int) -> list
 def main(argv) -> None:
     from absl import flags, logging
 
-    from attnx import checkpoints, data
+    from attnx import checkpoints, data, models
     from attnx.train import abstract_state
 
     del argv
@@ -132,6 +132,10 @@ def main(argv) -> None:
         raise ValueError(f"--workdir={f.workdir!r} holds no config.json: is it a run directory?")
     with open(path) as fh:
         config = ml_collections.ConfigDict(json.load(fh))
+    task = models.get_entry(config.model.name).task
+    if task not in ("lm", "seq2seq"):
+        raise ValueError(f"sampling needs an LM or seq2seq run; {f.workdir!r} trained "
+                         f"{config.model.name!r}, a {task!r} model")
     dataset = data.build(config.data, seed=config.seed)
     info = dataset.info
     graphdef, state_shape = abstract_state(config, info)
@@ -144,20 +148,18 @@ def main(argv) -> None:
     params, which, step = found
     model = nnx.merge(graphdef, params)
     print(f"# {which} checkpoint, step {step}", flush=True)
-    if info.task == "lm":
+    if task == "lm":
         prompt = info.encode(f.prompt or "\n")[None]
         out = generate_lm(model, prompt, f.num_tokens, window=info.seq_len,
                           temperature=f.temperature, top_k=f.top_k or None, seed=f.seed)
         print(info.decode(out[0]))
-    elif info.task == "seq2seq":
+    else:
         ids = info.encode(f.prompt)[None]
         inputs = np.zeros((1, info.seq_len), np.int32)
         inputs[0, : ids.shape[1]] = ids[0, : info.seq_len]
         out = generate_seq2seq(model, inputs, inputs > 0, info.target_len, info.bos_id,
                                info.eos_id)
         print(info.decode(out[0]))
-    else:
-        raise ValueError(f"sampling needs an LM or seq2seq run, not a {info.task!r} run")
 
 
 if __name__ == "__main__":

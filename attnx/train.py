@@ -225,7 +225,7 @@ def evaluate(config, dataset, eval_step, params, batch_sharding, split: str) -> 
     loss_sum, correct, weight = totals
     weight = max(weight, 1.0)
     metrics = {"loss": loss_sum / weight, "accuracy": correct / weight}
-    if dataset.info.task == "lm":
+    if models.get_entry(config.model.name).task == "lm":
         metrics["bits_per_byte"] = metrics["loss"] / math.log(2)
     return metrics
 
@@ -235,7 +235,7 @@ def write_attention_maps(writer, step: int, graphdef, params, dataset, config) -
     batch = next(iter(dataset.eval_batches(config.data.eval_split, global_batch_size=1,
                                            max_batches=1)))
     model = nnx.merge(graphdef, jax.device_get(params))
-    maps = attention_maps.model_maps(model, dataset.info.task, batch)
+    maps = attention_maps.model_maps(model, models.get_entry(config.model.name).task, batch)
     for tag, image in attention_maps.layer_images(maps or []).items():
         writer.image(step, tag, image)
 
@@ -284,8 +284,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     dataset = data.build(config.data, seed=config.seed)
     info = dataset.info
     task = models.get_entry(config.model.name).task
-    if task != info.task:
-        raise ValueError(f"model {config.model.name!r} is for task {task!r} but dataset "
+    if models.data_task(config.model.name) != info.task:
+        raise ValueError(f"model {config.model.name!r} (task {task!r}) reads "
+                         f"{models.data_task(config.model.name)!r} data but dataset "
                          f"{config.data.name!r} is a {info.task!r} dataset")
 
     # Model and optimizer state, created directly with their shardings.
@@ -339,7 +340,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         _log(f"eval at step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
         if config.attention_maps:
             write_attention_maps(writer, step, graphdef, state["params"], dataset, config)
-        if config.num_samples and info.task in ("lm", "seq2seq"):
+        if config.num_samples and task in ("lm", "seq2seq"):
             for i, text in enumerate(sample.samples_for_summary(
                     config, graphdef, state["params"], dataset, seed=step)):
                 writer.text(step, f"samples/{i}", text)
@@ -426,7 +427,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
     if found is None:
         raise ValueError(f"no checkpoint in {workdir!r} to evaluate")
     params, which, step = found
-    eval_step = jax.jit(make_eval_step(graphdef, dataset.info.task),
+    eval_step = jax.jit(make_eval_step(graphdef, models.get_entry(config.model.name).task),
                         in_shardings=(params_sharding, batch_sharding))
     metrics = evaluate(config, dataset, eval_step, params, batch_sharding, split)
     _log(f"{which} checkpoint (step {step}) on {split}: "

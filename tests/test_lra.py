@@ -287,6 +287,41 @@ def test_mask_tokens_corrupts_only_chosen_real_tokens():
         longformer.mask_tokens(ids, mask, jax.random.key(0), mask_id=0, vocab_size=50, rate=1.0)
 
 
+def test_longformer_mlm_config_trains_on_masked_bytes_only(tmp_path):
+    import math
+    import os
+    import subprocess
+    import sys
+
+    from attnx import models
+
+    config = load_config("longformer_mlm", "smoke")
+    config.data.data_dir = str(tmp_path / "tfds")
+    config.num_train_steps = 40
+    dataset = data.build(config.data, seed=0)
+    model = models.build(config.model, vocab_size=dataset.info.vocab_size)
+    assert model.cfg.vocab_size == 257  # the 256 bytes and [MASK]
+    batch = {k: jnp.asarray(v) for k, v in dataset.train_batch(0, global_batch_size=4).items()}
+    logits, targets, weights = models.forward(model, "mlm", batch, None)
+    again = models.forward(model, "mlm", batch, None)
+    # Evaluation corrupts the same bytes every time; training draws its own.
+    np.testing.assert_array_equal(weights, again[2])
+    train_weights = models.forward(model, "mlm", batch, jax.random.key(5))[2]
+    assert not np.array_equal(weights, train_weights)
+    np.testing.assert_array_equal(targets, batch["targets"])
+    assert logits.shape == batch["targets"].shape + (257,)
+    assert 0.05 < float(weights.mean()) < 0.3  # ~15% of the bytes are scored
+
+    metrics = train.train_and_evaluate(config, str(tmp_path / "run"))
+    assert metrics["loss"] < 0.9 * math.log(257), metrics  # better than uniform over bytes
+    assert "bits_per_byte" not in metrics  # per masked byte, not a compression rate
+    result = subprocess.run([sys.executable, "-m", "attnx.sample", f"--workdir={tmp_path / 'run'}"],
+                            capture_output=True, text=True, timeout=300, check=False,
+                            env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert result.returncode != 0
+    assert "sampling needs an LM or seq2seq run" in result.stderr and "'mlm'" in result.stderr
+
+
 # ----------------------------------------------------------------------------- text, image
 
 
