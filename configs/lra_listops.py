@@ -18,8 +18,8 @@ Arguments:
   length 2,000, batch 32, 5,000 steps, lr 0.05 with linear warmup over 1,000 steps and rsqrt
   decay, weight decay 0.1, on the full 96K-example `lra` builder config; accelerator-sized).
 The default is the CPU budget of `experiments/lra`: the `small` ListOps builder (16K expressions
-of 64-512 tokens), 2 layers of width 64 (4 heads, d_ff 128), batch 32, 150 steps (lr 1e-3,
-cosine), evaluating the whole validation split every 50 steps.
+of 64-512 tokens), 2 layers of width 64 (4 heads, d_ff 128), batch 32, 500 steps (one epoch; lr
+1e-3, 50 warmup steps, cosine), evaluating the whole validation split every 100 steps.
 """
 
 from attnx import config_lib
@@ -34,14 +34,14 @@ def get_config(arg: str | None = None):
     sizes = dict(d_model=64, num_heads=4, num_layers=2, d_ff=128, pool="cls")
     config.batch_size = 32
     config.eval_batch_size = 64
-    config.num_train_steps = 150
-    config.eval_every = 50
-    config.checkpoint_every = 50
+    config.num_train_steps = 500
+    config.eval_every = 100
+    config.checkpoint_every = 100
     config.eval_batches = None
     config.best_metric = "accuracy"
     config.best_mode = "max"
     config.optimizer.learning_rate = 1e-3
-    config.optimizer.warmup_steps = 15
+    config.optimizer.warmup_steps = 50
     config.num_samples = 0
     if arg.lra:
         config.data.builder_config = "lra"

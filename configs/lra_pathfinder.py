@@ -21,8 +21,8 @@ size * size pixel tokens (intensity + 1) in raster order. Arguments:
   with one epoch of warmup and cosine decay over 200 epochs, no weight decay or clipping (LRA's
   query/key/value width 64 < d_model is not representable here: heads are d_model / num_heads).
 The default is the CPU budget of `experiments/lra`: the `small_<size>_<difficulty>` builder
-(2,000 training images), 1 layer of width 32 (2 heads, d_ff 64), mean pooling, batch 32, 120 steps
-(lr 1e-3, cosine), evaluating the whole validation split every 40 steps.
+(2,000 training images), 1 layer of width 32 (2 heads, d_ff 64), mean pooling, batch 32, 600 steps
+(lr 1e-3, 60 warmup steps, cosine), evaluating the whole validation split every 120 steps.
 """
 
 from attnx import config_lib
@@ -42,14 +42,14 @@ def get_config(arg: str | None = None):
     sizes = dict(d_model=32, num_heads=2, num_layers=1, d_ff=64, pool="mean")
     config.batch_size = 32
     config.eval_batch_size = 64
-    config.num_train_steps = 120
-    config.eval_every = 40
-    config.checkpoint_every = 40
+    config.num_train_steps = 600
+    config.eval_every = 120
+    config.checkpoint_every = 120
     config.eval_batches = None
     config.best_metric = "accuracy"
     config.best_mode = "max"
     config.optimizer.learning_rate = 1e-3
-    config.optimizer.warmup_steps = 12
+    config.optimizer.warmup_steps = 60
     config.num_samples = 0
     if arg.lra:
         config.data.builder_config = f"{arg.size}_{arg.difficulty}"
