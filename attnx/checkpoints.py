@@ -31,13 +31,19 @@ class Manager:
             os.path.join(workdir, "best"),
             options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
 
+    # The two series never save at once: Orbax names its multi-process barriers by step only
+    # (`_async_write_complete.<step>`), so a latest and a best save of the same step running
+    # together collide on one barrier and time out. Each save first waits for the other series.
+
     def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:
         """Save the whole train state (params, optimizer state, step) and JSON metadata."""
+        self.best.wait_until_finished()
         self.latest.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
 
     def save_best(self, step: int, state: Any, meta: dict[str, Any]) -> None:
         """Save the params of a new best evaluation."""
+        self.latest.wait_until_finished()
         self.best.save(step, args=ocp.args.Composite(
             params=ocp.args.StandardSave(state["params"]), meta=ocp.args.JsonSave(meta)))
 
