@@ -83,6 +83,36 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
+def set_schedule(config: ml_collections.ConfigDict, *, steps: int, every: int,
+                 warmup_steps: int, **fields: Any) -> None:
+    """Set a run's length: `steps` training steps, an evaluation and a checkpoint every `every`
+    steps, `warmup_steps` of learning-rate warmup; `fields` set other top-level fields
+    (`batch_size`, `eval_batch_size`, `eval_batches`, `log_every`, ...).
+
+    Raises:
+      ValueError: a field `config` does not have.
+    """
+    unknown = sorted(set(fields) - set(config.keys()))
+    if unknown:
+        raise ValueError(f"config has no fields {unknown}")
+    config.num_train_steps = steps
+    config.eval_every = config.checkpoint_every = every
+    config.optimizer.warmup_steps = warmup_steps
+    config.update(fields)
+
+
+def lra_training(config: ml_collections.ConfigDict, *, steps: int, every: int,
+                 warmup_steps: int, learning_rate: float) -> None:
+    """The CPU-budget training of the LRA configs: batch 32, whole-split evaluations (batches of
+    64) every `every` steps, model selection by validation accuracy, no samples."""
+    set_schedule(config, steps=steps, every=every, warmup_steps=warmup_steps, batch_size=32,
+                 eval_batch_size=64, eval_batches=None)
+    config.best_metric = "accuracy"
+    config.best_mode = "max"
+    config.optimizer.learning_rate = learning_rate
+    config.num_samples = 0
+
+
 def transformer_model(name: str, **overrides: Any) -> ml_collections.ConfigDict:
     """`config.model` for the Transformer family, with every field present (overridable)."""
     fields = dict(name=name, d_model=256, num_heads=4, num_layers=2, d_ff=1024, max_len=2048,

@@ -25,27 +25,15 @@ def get_config(arg: str | None = None):
         "longformer_mlm", d_model=128, num_heads=4, num_layers=2, d_ff=512, max_len=1024,
         attention="longformer", attention_options=config_lib.attention_options("longformer", 1024),
         positional="learned", activation="gelu")
-    config.batch_size = 8
-    config.eval_batch_size = 8
-    config.eval_batches = 16
-    config.num_train_steps = 600
-    config.log_every = 20
-    config.eval_every = 200
-    config.checkpoint_every = 200
+    config_lib.set_schedule(config, steps=600, every=200, warmup_steps=60, batch_size=8,
+                            eval_batch_size=8, eval_batches=16, log_every=20)
     config.optimizer.learning_rate = 1e-3
-    config.optimizer.warmup_steps = 60
     config.best_metric = "loss"
     config.num_samples = 0  # a masked LM does not generate
     if arg.smoke:
         config.data.seq_len = 128
         config.model.update(d_model=32, num_heads=2, num_layers=1, d_ff=64, max_len=128)
         config.model.attention_options.window = 8
-        config.batch_size = 4
-        config.eval_batch_size = 4
-        config.eval_batches = 2
-        config.num_train_steps = 30
-        config.log_every = 10
-        config.eval_every = 15
-        config.checkpoint_every = 15
-        config.optimizer.warmup_steps = 3
+        config_lib.set_schedule(config, steps=30, every=15, warmup_steps=3, batch_size=4,
+                                eval_batch_size=4, eval_batches=2, log_every=10)
     return config

@@ -32,41 +32,23 @@ def get_config(arg: str | None = None):
         name="cifar10", seq_len=1024, train_split="train[:90%]", eval_split="train[90%:]",
         test_split="test")
     sizes = dict(d_model=64, num_heads=4, num_layers=2, d_ff=128, pool="cls")
-    config.batch_size = 32
-    config.eval_batch_size = 64
-    config.num_train_steps = 3000
-    config.eval_every = 250
-    config.checkpoint_every = 250
-    config.eval_batches = None
-    config.best_metric = "accuracy"
-    config.best_mode = "max"
-    config.optimizer.learning_rate = 1e-3
-    config.optimizer.warmup_steps = 200
-    config.num_samples = 0
+    config_lib.lra_training(config, steps=3000, every=250, warmup_steps=200,
+                            learning_rate=1e-3)
     if arg.lra:
         steps_per_epoch = 45_000 // 256
         sizes = dict(d_model=32, num_heads=1, num_layers=1, d_ff=64, pool="cls",
                      positional="learned", dropout_rate=0.3,
                      attention_dropout=0.0 if arg.attention == "flash" else 0.2)
-        config.batch_size = 256
-        config.eval_batch_size = 256
-        config.num_train_steps = 200 * steps_per_epoch
-        config.eval_every = steps_per_epoch
-        config.checkpoint_every = steps_per_epoch
+        config_lib.set_schedule(config, steps=200 * steps_per_epoch, every=steps_per_epoch,
+                                warmup_steps=steps_per_epoch, batch_size=256,
+                                eval_batch_size=256)
         config.optimizer.learning_rate = 5e-4
-        config.optimizer.warmup_steps = steps_per_epoch
         config.optimizer.weight_decay = 0.0
         config.optimizer.clip_norm = None
     if arg.smoke:
         sizes = dict(d_model=16, num_heads=2, num_layers=1, d_ff=32, pool="cls")
-        config.batch_size = 8
-        config.eval_batch_size = 8
-        config.num_train_steps = 4
-        config.log_every = 2
-        config.eval_every = 4
-        config.checkpoint_every = 4
-        config.eval_batches = 1
-        config.optimizer.warmup_steps = 1
+        config_lib.set_schedule(config, steps=4, every=4, warmup_steps=1, batch_size=8,
+                                eval_batch_size=8, eval_batches=1, log_every=2)
     config.model = config_lib.lra_classifier(arg.model, arg.attention, config.data.seq_len,
                                              **sizes)
     return config

@@ -32,17 +32,8 @@ def get_config(arg: str | None = None):
     config = config_lib.base_config()
     config.data = default_data_config(name="listops", builder_config="small", seq_len=512)
     sizes = dict(d_model=64, num_heads=4, num_layers=2, d_ff=128, pool="cls")
-    config.batch_size = 32
-    config.eval_batch_size = 64
-    config.num_train_steps = 500
-    config.eval_every = 100
-    config.checkpoint_every = 100
-    config.eval_batches = None
-    config.best_metric = "accuracy"
-    config.best_mode = "max"
-    config.optimizer.learning_rate = 1e-3
-    config.optimizer.warmup_steps = 50
-    config.num_samples = 0
+    config_lib.lra_training(config, steps=500, every=100, warmup_steps=50,
+                            learning_rate=1e-3)
     if arg.lra:
         config.data.builder_config = "lra"
         config.data.seq_len = 2000
@@ -56,14 +47,8 @@ def get_config(arg: str | None = None):
         config.data.builder_config = "tiny"
         config.data.seq_len = 128
         sizes = dict(d_model=32, num_heads=2, num_layers=1, d_ff=64, pool="cls")
-        config.batch_size = 8
-        config.eval_batch_size = 16
-        config.num_train_steps = 20
-        config.log_every = 10
-        config.eval_every = 10
-        config.checkpoint_every = 10
-        config.eval_batches = 2
-        config.optimizer.warmup_steps = 2
+        config_lib.set_schedule(config, steps=20, every=10, warmup_steps=2, batch_size=8,
+                                eval_batch_size=16, eval_batches=2, log_every=10)
     config.model = config_lib.lra_classifier(arg.model, arg.attention, config.data.seq_len,
                                              **sizes)
     return config

@@ -40,42 +40,24 @@ def get_config(arg: str | None = None):
         name="pathfinder", builder_config=f"small_{arg.size}_{arg.difficulty}",
         seq_len=arg.size**2)
     sizes = dict(d_model=32, num_heads=2, num_layers=1, d_ff=64, pool="mean")
-    config.batch_size = 32
-    config.eval_batch_size = 64
-    config.num_train_steps = 600
-    config.eval_every = 120
-    config.checkpoint_every = 120
-    config.eval_batches = None
-    config.best_metric = "accuracy"
-    config.best_mode = "max"
-    config.optimizer.learning_rate = 1e-3
-    config.optimizer.warmup_steps = 60
-    config.num_samples = 0
+    config_lib.lra_training(config, steps=600, every=120, warmup_steps=60,
+                            learning_rate=1e-3)
     if arg.lra:
         config.data.builder_config = f"{arg.size}_{arg.difficulty}"
         sizes = dict(d_model=128, num_heads=4, num_layers=1, d_ff=128, pool="mean",
                      dropout_rate=0.2, attention_dropout=0.0 if arg.attention == "flash" else 0.1)
         steps_per_epoch = 160_000 // 512
-        config.batch_size = 512
-        config.eval_batch_size = 512
-        config.num_train_steps = 200 * steps_per_epoch
-        config.eval_every = steps_per_epoch
-        config.checkpoint_every = steps_per_epoch
-        config.optimizer.warmup_steps = steps_per_epoch
+        config_lib.set_schedule(config, steps=200 * steps_per_epoch, every=steps_per_epoch,
+                                warmup_steps=steps_per_epoch, batch_size=512,
+                                eval_batch_size=512)
         config.optimizer.weight_decay = 0.0
         config.optimizer.clip_norm = None
     if arg.smoke:
         config.data.builder_config = "tiny"
         config.data.seq_len = 1024
         sizes = dict(d_model=16, num_heads=2, num_layers=1, d_ff=32, pool="mean")
-        config.batch_size = 8
-        config.eval_batch_size = 16
-        config.num_train_steps = 10
-        config.log_every = 5
-        config.eval_every = 10
-        config.checkpoint_every = 10
-        config.eval_batches = 1
-        config.optimizer.warmup_steps = 2
+        config_lib.set_schedule(config, steps=10, every=10, warmup_steps=2, batch_size=8,
+                                eval_batch_size=16, eval_batches=1, log_every=5)
     config.model = config_lib.lra_classifier(arg.model, arg.attention, config.data.seq_len,
                                              **sizes)
     return config

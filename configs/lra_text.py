@@ -32,17 +32,8 @@ def get_config(arg: str | None = None):
         name="imdb_reviews", seq_len=arg.length, train_split="train[:90%]",
         eval_split="train[90%:]", test_split="test")
     sizes = dict(d_model=64, num_heads=4, num_layers=2, d_ff=128, pool="cls")
-    config.batch_size = 32
-    config.eval_batch_size = 64
-    config.num_train_steps = 3000
-    config.eval_every = 250
-    config.checkpoint_every = 250
-    config.eval_batches = None
-    config.best_metric = "accuracy"
-    config.best_mode = "max"
-    config.optimizer.learning_rate = 5e-4
-    config.optimizer.warmup_steps = 200
-    config.num_samples = 0
+    config_lib.lra_training(config, steps=3000, every=250, warmup_steps=200,
+                            learning_rate=5e-4)
     if arg.lra:
         sizes = dict(d_model=256, num_heads=4, num_layers=4, d_ff=1024, pool="cls")
         config.num_train_steps = 20_000
@@ -53,14 +44,8 @@ def get_config(arg: str | None = None):
     if arg.smoke:
         config.data.seq_len = 128
         sizes = dict(d_model=16, num_heads=2, num_layers=1, d_ff=32, pool="cls")
-        config.batch_size = 8
-        config.eval_batch_size = 8
-        config.num_train_steps = 4
-        config.log_every = 2
-        config.eval_every = 4
-        config.checkpoint_every = 4
-        config.eval_batches = 1
-        config.optimizer.warmup_steps = 1
+        config_lib.set_schedule(config, steps=4, every=4, warmup_steps=1, batch_size=8,
+                                eval_batch_size=8, eval_batches=1, log_every=2)
     config.model = config_lib.lra_classifier(arg.model, arg.attention, config.data.seq_len,
                                              **sizes)
     return config

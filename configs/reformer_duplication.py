@@ -68,34 +68,18 @@ def get_config(arg: str | None = None):
         axial_shape=(1, length), axial_dims=(128, 128),
         ff_chunk_len=ml_collections.FieldReference(None, field_type=int),
         dropout_rate=0.0, attention_dropout=0.0, activation="relu", reversible=True))
-    config.batch_size = 64
-    config.eval_batch_size = 64
+    config_lib.set_schedule(config, steps=150_000, every=5000, warmup_steps=1000, batch_size=64,
+                            eval_batch_size=64, log_every=100)
     config.eval_batches = ml_collections.FieldReference(None, field_type=int)  # whole split
-    config.num_train_steps = 150_000
-    config.log_every = 100
-    config.eval_every = 5000
-    config.checkpoint_every = 5000
     config.optimizer.learning_rate = 1e-3
-    config.optimizer.warmup_steps = 1000
     config.best_metric = "accuracy"
     config.best_mode = "max"
     config.num_samples = 0  # symbols, not text
     if arg.cpu:
-        config.batch_size = 16
-        config.eval_batch_size = 100
-        config.num_train_steps = 1000
-        config.log_every = 50
-        config.eval_every = 250
-        config.checkpoint_every = 250
-        config.optimizer.warmup_steps = 100
+        config_lib.set_schedule(config, steps=1000, every=250, warmup_steps=100, batch_size=16,
+                                eval_batch_size=100, log_every=50)
     if arg.smoke:
         config.model.update(d_model=32, d_ff=32, num_heads=2, axial_dims=(16, 16))
-        config.batch_size = 8
-        config.eval_batch_size = 16
-        config.num_train_steps = 20
-        config.log_every = 10
-        config.eval_every = 10
-        config.checkpoint_every = 10
-        config.eval_batches = 2
-        config.optimizer.warmup_steps = 2
+        config_lib.set_schedule(config, steps=20, every=10, warmup_steps=2, batch_size=8,
+                                eval_batch_size=16, log_every=10, eval_batches=2)
     return config

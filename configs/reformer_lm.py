@@ -44,15 +44,9 @@ def get_config(arg: str | None = None):
     config = config_lib.base_config()
     config.data = default_data_config(name="pystdlib", seq_len=4096)
     config.model = reformer_model()
-    config.batch_size = 1
-    config.eval_batch_size = 1
-    config.eval_batches = 16
-    config.num_train_steps = 600
-    config.log_every = 20
-    config.eval_every = 300
-    config.checkpoint_every = 300
+    config_lib.set_schedule(config, steps=600, every=300, warmup_steps=100, batch_size=1,
+                            eval_batch_size=1, eval_batches=16, log_every=20)
     config.optimizer.learning_rate = 1e-3
-    config.optimizer.warmup_steps = 100
     config.best_metric = "bits_per_byte"
     config.num_samples = 1
     config.sample_len = 64
@@ -62,14 +56,8 @@ def get_config(arg: str | None = None):
                             axial_shape=(16, 16), axial_dims=(16, 48))
         config.model.lsh_options.update(n_buckets=8, chunk_len=32)
         config.model.local_options.chunk_len = 32
-        config.batch_size = 4
-        config.eval_batch_size = 4
-        config.num_train_steps = 30
-        config.log_every = 10
-        config.eval_every = 15
-        config.checkpoint_every = 15
-        config.eval_batches = 2
-        config.optimizer.warmup_steps = 5
+        config_lib.set_schedule(config, steps=30, every=15, warmup_steps=5, batch_size=4,
+                                eval_batch_size=4, log_every=10, eval_batches=2)
         config.sample_len = 8
         config.sample_prompt_len = 8
     if arg.enwik8:
@@ -81,14 +69,9 @@ def get_config(arg: str | None = None):
                             dropout_rate=0.1)
         config.model.lsh_options.update(n_hashes=4, n_buckets=1024, chunk_len=128)
         config.model.local_options.chunk_len = 128
-        config.batch_size = 8
-        config.eval_batch_size = 8
-        config.num_train_steps = 100_000
-        config.eval_every = 5000
-        config.checkpoint_every = 5000
-        config.log_every = 100
+        config_lib.set_schedule(config, steps=100_000, every=5000, warmup_steps=8000, batch_size=8,
+                                eval_batch_size=8, log_every=100)
         config.optimizer.learning_rate = 1e-3
-        config.optimizer.warmup_steps = 8000
         config.optimizer.schedule = "rsqrt"
         config.num_samples = 0
     return config

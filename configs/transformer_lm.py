@@ -29,14 +29,8 @@ def get_config(arg: str | None = None):
     if arg.smoke:
         config.data.seq_len = 64
         config.model.update(d_model=64, num_heads=2, num_layers=2, d_ff=128, max_len=64)
-        config.batch_size = 8
-        config.eval_batch_size = 8
-        config.num_train_steps = 40
-        config.log_every = 10
-        config.eval_every = 20
-        config.checkpoint_every = 20
-        config.eval_batches = 2
-        config.optimizer.warmup_steps = 5
+        config_lib.set_schedule(config, steps=40, every=20, warmup_steps=5, batch_size=8,
+                                eval_batch_size=8, log_every=10, eval_batches=2)
         config.sample_len = 16
         config.sample_prompt_len = 16
     return config

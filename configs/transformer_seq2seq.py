@@ -40,12 +40,6 @@ def get_config(arg: str | None = None):
         config.data.seq_len = 16
         config.data.target_len = 17
         config.model.update(d_model=32, num_heads=2, num_layers=1, d_ff=64, max_len=32)
-        config.batch_size = 8
-        config.eval_batch_size = 8
-        config.num_train_steps = 20
-        config.log_every = 10
-        config.eval_every = 10
-        config.checkpoint_every = 10
-        config.eval_batches = 2
-        config.optimizer.warmup_steps = 2
+        config_lib.set_schedule(config, steps=20, every=10, warmup_steps=2, batch_size=8,
+                                eval_batch_size=8, log_every=10, eval_batches=2)
     return config

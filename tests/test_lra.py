@@ -9,6 +9,11 @@ checked against a plain loop over each row's real tokens; text and image configs
 
 from __future__ import annotations
 
+import math
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,7 +21,7 @@ import pytest
 import tensorflow_datasets as tfds
 from flax import nnx
 
-from attnx import config_lib, data, train
+from attnx import config_lib, data, models, train
 from attnx.models import longformer, lstm
 from helpers import load_config
 
@@ -288,13 +293,6 @@ def test_mask_tokens_corrupts_only_chosen_real_tokens():
 
 
 def test_longformer_mlm_config_trains_on_masked_bytes_only(tmp_path):
-    import math
-    import os
-    import subprocess
-    import sys
-
-    from attnx import models
-
     config = load_config("longformer_mlm", "smoke")
     config.data.data_dir = str(tmp_path / "tfds")
     config.num_train_steps = 40

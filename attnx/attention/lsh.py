@@ -333,6 +333,20 @@ def _check_lsh_args(
         )
 
 
+def _checked_buckets(qk: Array, v: Array, *, n_hashes: int, n_buckets: int | Sequence[int],
+                     chunk_len: int, chunks_before: int, chunks_after: int, mask: Array | None,
+                     rng: jax.Array | None, rotations: Array | None,
+                     buckets: Array | None) -> Array:
+    """Validate `lsh_attention`'s arguments; the given `buckets` or, if None, those of `qk`."""
+    _check_lsh_args(qk, v, n_hashes=n_hashes, n_buckets=n_buckets, chunk_len=chunk_len,
+                    chunks_before=chunks_before, chunks_after=chunks_after, mask=mask, rng=rng,
+                    rotations=rotations, buckets=buckets)
+    if buckets is not None:
+        return buckets
+    return hash_vectors(qk, n_hashes=n_hashes, n_buckets=n_buckets, rng=rng, rotations=rotations,
+                        mask=mask)
+
+
 def lsh_attention(
     qk: Array,
     v: Array,
@@ -377,13 +391,10 @@ def lsh_attention(
     Returns:
       `[B, T, N, Hv]` in qk's dtype, and the buckets if `return_buckets`.
     """
-    _check_lsh_args(
+    buckets = _checked_buckets(
         qk, v, n_hashes=n_hashes, n_buckets=n_buckets, chunk_len=chunk_len, chunks_before=chunks_before,
         chunks_after=chunks_after, mask=mask, rng=rng, rotations=rotations, buckets=buckets,
     )
-    if buckets is None:
-        buckets = hash_vectors(
-            qk, n_hashes=n_hashes, n_buckets=n_buckets, rng=rng, rotations=rotations, mask=mask)
     out = _lsh_attend(
         qk, v, buckets.astype(jnp.int32), mask, n_buckets_total=math.prod(_bucket_factors(n_buckets)),
         chunk_len=chunk_len, chunks_before=chunks_before,
@@ -563,13 +574,10 @@ def pattern(
     Uses O(T^2) memory: for tests and attention-map images.
     """
     del k, unused_options
-    _check_lsh_args(
+    buckets = _checked_buckets(
         q, q, n_hashes=n_hashes, n_buckets=n_buckets, chunk_len=chunk_len, chunks_before=chunks_before,
         chunks_after=chunks_after, mask=mask, rng=rng, rotations=rotations, buckets=buckets,
     )
-    if buckets is None:
-        buckets = hash_vectors(
-            q, n_hashes=n_hashes, n_buckets=n_buckets, rng=rng, rotations=rotations, mask=mask)
     t = q.shape[1]
     key_mask, padded_buckets, t_pad = _pad_to_chunks(mask, buckets.astype(jnp.int32), chunk_len)
     _, _, slot = _sort_by_bucket(padded_buckets, math.prod(_bucket_factors(n_buckets)))
