@@ -39,12 +39,9 @@ def layer_images(maps: list[jax.Array], *, example: int = 0,
     return images
 
 
-def model_maps(model, task: str, batch: dict[str, np.ndarray]) -> list[jax.Array] | None:
-    """The model's per-layer attention weights on `batch`, or None if it cannot draw them."""
-    if not hasattr(model, "attention_maps"):
+def model_maps(model, task, batch: dict[str, np.ndarray]) -> list[jax.Array] | None:
+    """The model's per-layer attention weights on `batch` (the `task`'s `map_features`), or None
+    if the model or its task cannot draw them."""
+    if task.map_features is None or not hasattr(model, "attention_maps"):
         return None
-    if task == "lm":
-        return model.attention_maps(batch["inputs"])
-    if task == "classification":
-        return model.attention_maps(batch["inputs"], batch["mask"])
-    return model.attention_maps(batch["inputs"], batch["inputs_mask"])
+    return model.attention_maps(*(batch[k] for k in task.map_features))

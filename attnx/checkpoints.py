@@ -1,6 +1,7 @@
-"""Orbax checkpoints of a run: the latest N states (to resume) and the best params (to evaluate).
+"""Orbax checkpoints of a run: the latest N states (to resume) and the best model (to evaluate).
 
-Layout under the workdir: `checkpoints/<step>/{state,meta}` and `best/<step>/{params,meta}`. Orbax
+Layout under the workdir: `checkpoints/<step>/{state,meta}` (the whole train state, see
+`attnx.state`) and `best/<step>/{model,meta}` (what evaluation reads: params and model state). Orbax
 writes each checkpoint into a temporary directory and renames it when complete, so a checkpoint is
 either whole or absent: an interrupted save is never picked up.
 """
@@ -42,10 +43,11 @@ class Manager:
             state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
 
     def save_best(self, step: int, state: Any, meta: dict[str, Any]) -> None:
-        """Save the params of a new best evaluation."""
+        """Save the params and model state of a new best evaluation."""
         self.latest.wait_until_finished()
+        model = {"params": state["params"], "model_state": state["model_state"]}
         self.best.save(step, args=ocp.args.Composite(
-            params=ocp.args.StandardSave(state["params"]), meta=ocp.args.JsonSave(meta)))
+            model=ocp.args.StandardSave(model), meta=ocp.args.JsonSave(meta)))
 
     def restore_latest(self, state_shape: Any, state_sharding: Any):
         """(state, meta) of the newest complete checkpoint, or None if there is none."""
@@ -57,18 +59,23 @@ class Manager:
             meta=ocp.args.JsonRestore()))
         return restored["state"], dict(restored["meta"] or {})
 
-    def restore_params(self, state_shape: Any, state_sharding: Any):
-        """(params, 'best' | 'latest', step) from the best checkpoint, else the latest; or None."""
+    def restore_eval_state(self, state_shape: Any, state_sharding: Any):
+        """({'params', 'model_state'}, 'best' | 'latest', step) from the best checkpoint, else
+        the latest; or None if there is neither."""
         step = self.best.latest_step()
         if step is not None:
+            keys = ("params", "model_state")
+            abstract = _abstract({k: state_shape[k] for k in keys},
+                                 {k: state_sharding[k] for k in keys})
             restored = self.best.restore(step, args=ocp.args.Composite(
-                params=ocp.args.StandardRestore(
-                    _abstract(state_shape["params"], state_sharding["params"]))))
-            return restored["params"], "best", step
+                model=ocp.args.StandardRestore(abstract)))
+            return dict(restored["model"]), "best", step
         found = self.restore_latest(state_shape, state_sharding)
         if found is None:
             return None
-        return found[0]["params"], "latest", int(found[0]["step"])
+        state = found[0]
+        return ({"params": state["params"], "model_state": state["model_state"]}, "latest",
+                int(state["step"]))
 
     def close(self) -> None:
         """Wait for in-flight saves to be complete, then release the managers."""

@@ -1,4 +1,5 @@
-"""Shared test helpers: load a config file by name, as `--config=configs/<name>:<arg>` would."""
+"""Shared test helpers: load a config file by name, as `--config=configs/<name>:<arg>` would; a
+run's train-step ingredients."""
 
 import importlib.util
 import os
@@ -13,3 +14,14 @@ def load_config(name: str, arg: str | None = None):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.get_config(arg)
+
+
+def train_setup(config, info):
+    """(graphdef, task, tx, schedule, fresh state) of `config` on data `info`, unjitted."""
+    from attnx import optim
+    from attnx import state as state_lib
+
+    task = state_lib.check_data(config, info)
+    tx, schedule = optim.create_optimizer(config.optimizer, config.num_train_steps)
+    graphdef, state = state_lib.init(config, info, tx)
+    return graphdef, task, tx, schedule, state

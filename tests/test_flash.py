@@ -328,8 +328,7 @@ def test_bad_block_size_is_a_value_error_when_lowering_for_cuda():
 def test_lm_trained_with_flash_matches_dense_step_for_step(tmp_path):
     """Same init, same batches: flash (XLA path on CPU) and dense train identically."""
     from attnx import data, train
-    from flax import nnx
-    from helpers import load_config
+    from helpers import load_config, train_setup
 
     results = {}
     for mechanism in ("dense", "flash"):
@@ -340,11 +339,8 @@ def test_lm_trained_with_flash_matches_dense_step_for_step(tmp_path):
         # lr-sized parameter differences.
         config.optimizer.update(name="sgd", learning_rate=0.5)
         dataset = data.build(config.data, seed=0)
-        graphdef, _, build = train.abstract_model(config, dataset.info)
-        tx, schedule = train.create_optimizer(config.optimizer, config.num_train_steps)
-        params = nnx.state(build(), nnx.Param)
-        state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
-        step = jax.jit(train.make_train_step(graphdef, "lm", tx, schedule))
+        graphdef, task, tx, schedule, state = train_setup(config, dataset.info)
+        step = jax.jit(train.make_train_step(graphdef, task, tx, schedule))
         losses = []
         for position in range(3):
             batch = dataset.train_batch(position, global_batch_size=config.batch_size)

@@ -21,9 +21,10 @@ import pytest
 import tensorflow_datasets as tfds
 from flax import nnx
 
-from attnx import config_lib, data, models, train
+from attnx import config_lib, data, optim, tasks, train
+from attnx import state as state_lib
 from attnx.models import longformer, lstm
-from helpers import load_config
+from helpers import load_config, train_setup
 
 MECHANISMS = ("dense", "flash", "local", "lsh", "longformer")
 VARIANTS = tuple(f"attention={m}" for m in MECHANISMS) + ("model=lstm",)
@@ -61,8 +62,9 @@ def test_every_variant_builds(name: str, infos):
         for size in ("", ",smoke", ",lra"):
             config = load_config(name, variant + size)
             train.validate(config)
-            graphdef, params, _ = train.abstract_model(config, info)
-            assert jax.tree.leaves(params)
+            tx, _ = optim.create_optimizer(config.optimizer, config.num_train_steps)
+            _, state_shape = state_lib.abstract_state(config, info, tx)
+            assert jax.tree.leaves(state_shape["params"])
             seq_len = config.data.seq_len
             if variant == "model=lstm":
                 assert config.model.name == "lstm_classifier"
@@ -105,12 +107,9 @@ def _compiled_train_step(name: str, arg: str, data_dir: str, **optimizer):
     config.data.data_dir = data_dir
     config.optimizer.update(optimizer)
     dataset = data.build(config.data, seed=0)
-    graphdef, _, build = train.abstract_model(config, dataset.info)
-    tx, schedule = train.create_optimizer(config.optimizer, config.num_train_steps)
-    params = nnx.state(build(), nnx.Param)
-    state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
+    graphdef, task, tx, schedule, state = train_setup(config, dataset.info)
     batch = dataset.train_batch(0, global_batch_size=config.batch_size)
-    step = fast_jit(train.make_train_step(graphdef, dataset.info.task, tx, schedule), state, batch,
+    step = fast_jit(train.make_train_step(graphdef, task, tx, schedule), state, batch,
                     jax.random.key(0))
     return step, state, batch
 
@@ -134,11 +133,11 @@ def test_longformer_classifies_pathfinder_pixels(data_dir: str, infos):
     config = load_config("lra_pathfinder", "attention=longformer,smoke")
     config.data.data_dir = data_dir
     dataset = data.build(config.data, seed=0)
-    graphdef, _, build = train.abstract_model(config, dataset.info)
-    params = nnx.state(build(), nnx.Param)
+    graphdef, task, _, _, state = train_setup(config, dataset.info)
+    params = state_lib.eval_state(state)
     batch = next(dataset.eval_batches("validation", global_batch_size=8))
     assert batch["inputs"].shape == (8, 1024) and batch["mask"].all()
-    eval_step = fast_jit(train.make_eval_step(graphdef, "classification"), params, batch)
+    eval_step = fast_jit(train.make_eval_step(graphdef, task), params, batch)
     loss_sum, correct, weight = eval_step(params, batch)
     assert np.isfinite(float(loss_sum)) and 0 <= float(correct) <= float(weight) == 8
 
@@ -297,14 +296,14 @@ def test_longformer_mlm_config_trains_on_masked_bytes_only(tmp_path):
     config.data.data_dir = str(tmp_path / "tfds")
     config.num_train_steps = 40
     dataset = data.build(config.data, seed=0)
-    model = models.build(config.model, vocab_size=dataset.info.vocab_size)
+    model = state_lib.build_model(config, dataset.info)
     assert model.cfg.vocab_size == 257  # the 256 bytes and [MASK]
     batch = {k: jnp.asarray(v) for k, v in dataset.train_batch(0, global_batch_size=4).items()}
-    logits, targets, weights = models.forward(model, "mlm", batch, None)
-    again = models.forward(model, "mlm", batch, None)
+    logits, targets, weights = tasks.get("mlm").forward(model, batch, None)
+    again = tasks.get("mlm").forward(model, batch, None)
     # Evaluation corrupts the same bytes every time; training draws its own.
     np.testing.assert_array_equal(weights, again[2])
-    train_weights = models.forward(model, "mlm", batch, jax.random.key(5))[2]
+    train_weights = tasks.get("mlm").forward(model, batch, jax.random.key(5))[2]
     assert not np.array_equal(weights, train_weights)
     np.testing.assert_array_equal(targets, batch["targets"])
     assert logits.shape == batch["targets"].shape + (257,)
@@ -337,8 +336,7 @@ def test_text_and_image_configs_flow_through_mock_data(name: str, num_classes: i
     info = dataset.info
     assert (info.vocab_size, info.num_classes, info.seq_len) == (257, num_classes, seq_len)
     assert batch["inputs"].shape == (config.batch_size, seq_len) and test_rows == 16
-    graphdef, _, build = train.abstract_model(config, info)
-    params = nnx.state(build(), nnx.Param)
-    eval_step = jax.jit(train.make_eval_step(graphdef, info.task))
-    loss_sum, correct, weight = eval_step(params, batch)
+    graphdef, task, _, _, state = train_setup(config, info)
+    eval_step = jax.jit(train.make_eval_step(graphdef, task))
+    loss_sum, correct, weight = eval_step(state_lib.eval_state(state), batch)
     assert np.isfinite(float(loss_sum)) and weight == config.batch_size

@@ -12,7 +12,8 @@ import sys
 import jax
 import numpy as np
 
-from attnx import checkpoints, data, train
+from attnx import checkpoints, data, optim
+from attnx import state as state_lib
 from helpers import load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -44,7 +45,8 @@ def _params(workdir, data_dir):
     config = load_config("transformer_lm", "smoke")
     config.data.data_dir = data_dir
     config.optimizer.name = OVERRIDES["optimizer.name"]
-    _, state_shape = train.abstract_state(config, data.build(config.data, seed=0).info)
+    tx, _ = optim.create_optimizer(config.optimizer, config.num_train_steps)
+    _, state_shape = state_lib.abstract_state(config, data.build(config.data, seed=0).info, tx)
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     manager = checkpoints.Manager(workdir)
     state, _ = manager.restore_latest(state_shape, jax.tree.map(lambda _: device, state_shape))

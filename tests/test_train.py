@@ -1,20 +1,20 @@
 """The trainer end to end: smoke run, TensorBoard, checkpoints, resume, data parallelism, lowering."""
 
 import glob
+import json
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from attnx import data, sample, train
-from helpers import load_config
+from attnx import data, decoding, optim, train
+from attnx import state as state_lib
+from helpers import load_config, train_setup
 
 
 @pytest.fixture(scope="module")
@@ -110,12 +110,24 @@ def test_interrupt_keeps_last_complete_checkpoint(data_dir, tmp_path, monkeypatc
 
 
 def test_eval_mode_uses_best_checkpoint(data_dir, tmp_path):
+    """--mode=eval restores the checkpoint of the best validation loss: its step, and its
+    validation metrics equal those logged at that step."""
     workdir = str(tmp_path / "run")
-    config = tiny_lm_config(data_dir, num_train_steps=6)
+    config = tiny_lm_config(data_dir, num_train_steps=12, eval_every=4, checkpoint_every=12)
+    # A learning rate that first helps, then diverges: the best evaluation is not the last.
+    config.optimizer.update(learning_rate=0.05, warmup_steps=0, schedule="constant",
+                            clip_norm=None)
     train.train_and_evaluate(config, workdir)
-    metrics = train.evaluate_checkpoint(config, workdir, "test")
-    assert metrics["loss"] > 0
-    assert os.path.exists(os.path.join(workdir, "eval_test.json"))
+    events = EventAccumulator(os.path.join(workdir, "tensorboard"))
+    events.Reload()
+    logged = {e.step: e.value for e in events.Scalars("eval/loss")}
+    best_step = min(logged, key=logged.get)
+    assert sorted(logged) == [4, 8, 12] and best_step != 12, logged
+    metrics = train.evaluate_checkpoint(config, workdir, "validation")
+    with open(os.path.join(workdir, "eval_validation.json")) as f:
+        record = json.load(f)
+    assert (record["checkpoint"], record["step"]) == ("best", best_step)
+    assert np.isclose(metrics["loss"], logged[best_step], rtol=1e-5)
     with pytest.raises(ValueError, match="no checkpoint"):
         train.evaluate_checkpoint(config, str(tmp_path / "empty"), "test")
 
@@ -136,12 +148,9 @@ def test_bad_config_fails_before_training(data_dir, tmp_path):
 
 def _step_setup(config, devices):
     dataset = data.build(config.data, seed=0)
-    graphdef, _, build = train.abstract_model(config, dataset.info)
-    tx, schedule = train.create_optimizer(config.optimizer, config.num_train_steps)
-    params = nnx.state(build(), nnx.Param)
-    state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
+    graphdef, task, tx, schedule, state = train_setup(config, dataset.info)
     mesh = train.data_mesh(devices)
-    step = jax.jit(train.make_train_step(graphdef, dataset.info.task, tx, schedule),
+    step = jax.jit(train.make_train_step(graphdef, task, tx, schedule),
                    in_shardings=(NamedSharding(mesh, P()), NamedSharding(mesh, P("data")),
                                  NamedSharding(mesh, P())))
     batch = dataset.train_batch(0, global_batch_size=config.batch_size)
@@ -165,9 +174,8 @@ def test_four_devices_equal_one_device(data_dir):
 def test_gradient_accumulation_equals_one_big_batch(data_dir):
     config = tiny_lm_config(data_dir)
     step, state, batch = _step_setup(config, jax.devices()[:1])
-    graphdef, _, _ = train.abstract_model(config, data.build(config.data, seed=0).info)
-    tx, schedule = train.create_optimizer(config.optimizer, config.num_train_steps)
-    accum = jax.jit(train.make_train_step(graphdef, "lm", tx, schedule, grad_accum_steps=2))
+    graphdef, task, tx, schedule, _ = train_setup(config, data.build(config.data, seed=0).info)
+    accum = jax.jit(train.make_train_step(graphdef, task, tx, schedule, grad_accum_steps=2))
     one, m1 = step(state, batch, jax.random.key(0))
     two, m2 = accum(state, batch, jax.random.key(0))
     assert np.isclose(float(m1["loss"]), float(m2["loss"]), rtol=1e-5)
@@ -175,23 +183,39 @@ def test_gradient_accumulation_equals_one_big_batch(data_dir):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
+def _lowered_texts(config, data_dir, platforms):
+    """StableHLO text of `config`'s train step lowered for each of `platforms`, nothing run."""
+    config.data.data_dir = data_dir
+    dataset = data.build(config.data, seed=0)
+    task = state_lib.check_data(config, dataset.info)
+    tx, schedule = optim.create_optimizer(config.optimizer, config.num_train_steps)
+    graphdef, state_shape = state_lib.abstract_state(config, dataset.info, tx)
+    batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                         dataset.train_batch(0, global_batch_size=config.batch_size))
+    step = jax.jit(train.make_train_step(graphdef, task, tx, schedule))
+    traced = step.trace(state_shape, batch, jax.random.key(0))
+    return {p: traced.lower(lowering_platforms=(p,)).as_text() for p in platforms}
+
+
 @pytest.mark.parametrize("name,arg", [("transformer_lm", "smoke"), ("lra_listops", "smoke"),
                                       ("transformer_seq2seq", "smoke")])
 def test_train_step_lowers_for_gpu_and_tpu(data_dir, name, arg):
-    config = load_config(name, arg)
-    config.data.data_dir = data_dir
-    dataset = data.build(config.data, seed=0)
-    graphdef, abstract_params, _ = train.abstract_model(config, dataset.info)
-    tx, schedule = train.create_optimizer(config.optimizer, config.num_train_steps)
-    state = {"step": jax.ShapeDtypeStruct((), jnp.int32), "params": abstract_params,
-             "opt_state": jax.eval_shape(tx.init, abstract_params)}
-    batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
-                         dataset.train_batch(0, global_batch_size=config.batch_size))
-    step = jax.jit(train.make_train_step(graphdef, dataset.info.task, tx, schedule))
-    traced = step.trace(state, batch, jax.random.key(0))
-    for platform in ("cuda", "tpu"):
-        text = traced.lower(lowering_platforms=(platform,)).as_text()
-        assert "stablehlo" in text or "mhlo" in text
+    texts = _lowered_texts(load_config(name, arg), data_dir, ("cuda", "tpu"))
+    for text in texts.values():
+        assert "func.func public @main" in text and "stablehlo.dot_general" in text
+
+
+def test_flash_train_step_lowers_its_kernel_for_gpu_only(data_dir):
+    """With the Pallas kernel, the CUDA lowering of the train step holds Triton kernel calls
+    (forward and both backward kernels) that the CPU lowering of the same step cannot hold."""
+    config = tiny_lm_config(data_dir)
+    config.model.update(attention="flash", attention_options=dict(
+        implementation="pallas", interpret=False, block_q=16, block_k=16))
+    cuda = _lowered_texts(config, data_dir, ("cuda",))["cuda"]
+    assert cuda.count("__gpu$xla.gpu.triton") >= 3
+    config.model.attention_options.implementation = "xla"
+    cpu = _lowered_texts(config, data_dir, ("cpu",))["cpu"]
+    assert "triton" not in cpu and "stablehlo.dot_general" in cpu
 
 
 def test_greedy_generation_with_cache_equals_window_recompute():
@@ -201,7 +225,7 @@ def test_greedy_generation_with_cache_equals_window_recompute():
                                        d_ff=64, max_len=32)
     lm = models.build(cfg, vocab_size=50)
     prompt = np.array([[3, 4, 5], [7, 8, 9]], np.int32)
-    cached = sample.generate_lm(lm, prompt, 6, window=32, temperature=0.0)
-    windowed = sample.generate_lm(lm, prompt, 6, window=32, temperature=0.0, use_cache=False)
+    cached = decoding.generate_lm(lm, prompt, 6, window=32, temperature=0.0)
+    windowed = decoding.generate_lm(lm, prompt, 6, window=32, temperature=0.0, use_cache=False)
     np.testing.assert_array_equal(cached, windowed)
     assert cached.shape == (2, 9)

@@ -114,6 +114,20 @@ class DataInfo:
     separator: str = ""
     byte_offset: int = 0
 
+    # TEMPORARY until the dataset-spec branch lands.
+    @property
+    def kind(self) -> str:
+        return self.task
+
+    image_shape = None
+
+    @property
+    def features(self) -> dict:
+        return {"lm": dict.fromkeys(("inputs", "targets", "weights")),
+                "classification": dict.fromkeys(("inputs", "mask", "label", "weights")),
+                "seq2seq": dict.fromkeys(("inputs", "inputs_mask", "decoder_inputs", "targets",
+                                          "weights"))}[self.task]
+
     def encode(self, text: str | bytes) -> np.ndarray:
         """Text -> int32 ids `[n]` (UTF-8 bytes for byte-level vocabularies).
 

@@ -1,0 +1,85 @@
+"""Decoding: sampling continuations from a language model, greedy decoding of a seq2seq model.
+
+A decoder-only LM whose mechanism supports a key/value cache decodes incrementally; other
+mechanisms recompute a fixed window of tokens per generated token. `python -m attnx.sample` and
+the trainer's TensorBoard samples (through `attnx.tasks`) call these functions.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+Array = jax.Array
+
+
+def _choose(logits: Array, rng: Array, temperature: float, top_k: int | None) -> Array:
+    """Sample ids `[B]` from logits `[B, V]`; temperature 0 means greedy."""
+    if temperature == 0.0:
+        return jnp.argmax(logits, -1)
+    logits = logits / temperature
+    if top_k:
+        kth = jax.lax.top_k(logits, top_k)[0][:, -1:]
+        logits = jnp.where(logits < kth, -jnp.inf, logits)
+    return jax.random.categorical(rng, logits, -1)
+
+
+def generate_lm(model: nnx.Module, prompt: np.ndarray, num_tokens: int, *, window: int,
+                temperature: float = 1.0, top_k: int | None = None, seed: int = 0,
+                use_cache: bool | None = None) -> np.ndarray:
+    """Continue `prompt` `[B, P]` by `num_tokens`: -> `[B, P + num_tokens]` (window-limited).
+
+    Uses the key/value cache when the model has one and dense attention (`use_cache=None` picks
+    it automatically); otherwise runs the model on a zero-padded window of `window` tokens (causal,
+    so padding after position t never affects t).
+    """
+    batch, length = prompt.shape
+    rng = jax.random.key(seed)
+    if use_cache is None:
+        use_cache = hasattr(model, "init_caches") and model.cfg.attention == "dense"
+    if use_cache:
+        total = length + num_tokens
+        caches = model.init_caches(batch, max(total, 1))
+        decode = nnx.jit(lambda m, ids, c: m.decode(ids, c))
+        logits, caches = decode(model, jnp.asarray(prompt), caches)
+        out = [prompt]
+        last = logits[:, -1]
+        for t in range(num_tokens):
+            token = _choose(last, jax.random.fold_in(rng, t), temperature, top_k)
+            out.append(np.asarray(token)[:, None])
+            if t + 1 < num_tokens:
+                logits, caches = decode(model, token[:, None].astype(jnp.int32), caches)
+                last = logits[:, -1]
+        return np.concatenate(out, axis=1)
+    if length >= window:
+        prompt = prompt[:, -(window - 1):]
+        length = prompt.shape[1]
+    buffer = np.zeros((batch, window), np.int32)
+    buffer[:, :length] = prompt
+    forward = nnx.jit(lambda m, ids: m(ids))
+    end = min(window, length + num_tokens)
+    for t in range(length, end):
+        logits = forward(model, jnp.asarray(buffer))[:, t - 1]
+        buffer[:, t] = np.asarray(_choose(logits, jax.random.fold_in(rng, t), temperature, top_k))
+    return buffer[:, :end]
+
+
+def generate_seq2seq(model: nnx.Module, inputs: np.ndarray, inputs_mask: np.ndarray,
+                     target_len: int, bos_id: int, eos_id: int | None) -> np.ndarray:
+    """Greedy decoding: inputs `[B, S]` -> output ids `[B, target_len]` (after BOS)."""
+    batch = inputs.shape[0]
+    memory = nnx.jit(lambda m, x, mask: m.encode(x, mask))(model, inputs, inputs_mask)
+    decode = nnx.jit(lambda m, ids, mem, mask: m.decode(ids, mem, mask))
+    buffer = np.zeros((batch, target_len), np.int32)
+    buffer[:, 0] = bos_id
+    out = np.zeros((batch, target_len), np.int32)
+    for t in range(target_len):
+        token = np.asarray(jnp.argmax(decode(model, buffer, memory, inputs_mask)[:, t], -1))
+        out[:, t] = token
+        if t + 1 < target_len:
+            buffer[:, t + 1] = token
+        if eos_id is not None and (out[:, : t + 1] == eos_id).any(1).all():
+            break
+    return out
