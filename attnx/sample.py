@@ -100,7 +100,7 @@ def samples_for_summary(config, graphdef, params, dataset, *, seed: int) -> list
     batch = next(iter(dataset.eval_batches(config.data.eval_split, global_batch_size=max(
         config.num_samples, 1), max_batches=1)))
     texts = []
-    if info.task == "lm":
+    if info.kind == "lm":
         prompt_len = min(config.sample_prompt_len, info.seq_len // 2)
         prompt = batch["inputs"][: config.num_samples, :prompt_len]
         out = generate_lm(model, prompt, config.sample_len, window=info.seq_len,

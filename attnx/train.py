@@ -284,10 +284,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     dataset = data.build(config.data, seed=config.seed)
     info = dataset.info
     task = models.get_entry(config.model.name).task
-    if models.data_task(config.model.name) != info.task:
+    if models.data_task(config.model.name) != info.kind:
         raise ValueError(f"model {config.model.name!r} (task {task!r}) reads "
                          f"{models.data_task(config.model.name)!r} data but dataset "
-                         f"{config.data.name!r} is a {info.task!r} dataset")
+                         f"{config.data.name!r} is a {info.kind!r} dataset")
 
     # Model and optimizer state, created directly with their shardings.
     graphdef, _, build = abstract_model(config, info)

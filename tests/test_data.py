@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import subprocess
 import sys
@@ -77,11 +78,6 @@ def stream_of(ds: data.Dataset, split: str, batch_size: int = 8) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return str(tmp_path_factory.mktemp("tfds"))
-
-
-@pytest.fixture(scope="module")
 def listops_tiny(data_dir: str) -> data.Dataset:
     config = data.default_data_config(
         name="listops", builder_config="tiny", data_dir=data_dir, seq_len=128
@@ -112,38 +108,90 @@ def textfile_lm(corpus: tuple[str, bytes], data_dir: str) -> data.Dataset:
 def test_default_data_config_fields_and_types():
     config = data.default_data_config(name="listops", builder_config="tiny")
     expected = {
-        "name", "builder_config", "data_dir", "path", "seq_len", "target_len", "train_split",
-        "eval_split", "test_split", "text_key", "label_key", "image_key", "num_classes",
+        "name", "builder_config", "representation", "data_dir", "path", "seq_len", "target_len",
+        "num_frames", "train_split", "eval_split", "test_split", "text_key", "label_key",
+        "image_key", "num_classes",
     }
     assert set(config.keys()) == expected
     assert (config.name, config.builder_config, config.path) == ("listops", "tiny", None)
+    assert (config.representation, config.num_frames) == (None, None)
     config.target_len = 12  # None-able fields are typed and stay overridable.
     config.num_classes = 3
+    config.representation = "image"
+    config.num_frames = 8
     with pytest.raises(TypeError):
         config.target_len = "long"
+    with pytest.raises(TypeError):
+        config.representation = 3
     with pytest.raises(ValueError, match="seq_length"):
         data.default_data_config(seq_length=4)
 
 
+def lm_features(seq_len: int) -> dict[str, data.Feature]:
+    """The features of 'lm' batches, written out independently of the pipeline's helpers."""
+    return {"inputs": data.Feature("int32", (seq_len,)),
+            "targets": data.Feature("int32", (seq_len,)),
+            "weights": data.Feature("float32", (seq_len,))}
+
+
+def classification_features(seq_len: int) -> dict[str, data.Feature]:
+    return {"inputs": data.Feature("int32", (seq_len,)), "mask": data.Feature("bool", (seq_len,)),
+            "label": data.Feature("int32", ()), "weights": data.Feature("float32", ())}
+
+
+def assert_batch_matches_info(batch: dict[str, np.ndarray], info: data.DataInfo, rows: int):
+    """Every key of `batch` is declared in `info.features` with its dtype and per-example shape,
+    and every declared feature is in the batch."""
+    assert set(batch) == set(info.features)
+    for key, feature in info.features.items():
+        assert batch[key].dtype == np.dtype(feature.dtype), key
+        assert batch[key].shape == (rows, *feature.shape), key
+
+
+def test_data_info_has_named_fields_and_checks_its_features():
+    with pytest.raises(TypeError):
+        data.DataInfo("lm", lm_features(8))  # keyword-only
+    info = data.DataInfo(kind="lm", features=lm_features(8), vocab_size=256, pad_id=0, seq_len=8)
+    assert (info.num_classes, info.target_len, info.image_shape, info.clip_shape) == (
+        None, None, None, None)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        info.kind = "seq2seq"
+    with pytest.raises(ValueError, match="kind must be one of.*'video_classification'"):
+        data.DataInfo(kind="regression", features=lm_features(8))
+    with pytest.raises(ValueError, match=r"'lm' DataInfo has the features \['inputs', "):
+        data.DataInfo(kind="lm", features=classification_features(8))
+    image = data.DataInfo(kind="image_classification", num_classes=10, features={
+        "image": data.Feature("float32", (32, 32, 3)), "label": data.Feature("int32", ()),
+        "weights": data.Feature("float32", ())})
+    assert (image.image_shape, image.clip_shape, image.vocab_size) == ((32, 32, 3), None, None)
+    video = data.DataInfo(kind="video_classification", num_classes=3, features={
+        "video": data.Feature("float32", (4, 8, 8, 3)), "frame_mask": data.Feature("bool", (4,)),
+        "label": data.Feature("int32", ()), "weights": data.Feature("float32", ())})
+    assert (video.clip_shape, video.image_shape) == ((4, 8, 8, 3), None)
+
+
 def test_encode_decode():
-    info = data.DataInfo("lm", 256, 0, None, 8, None, None, None)
+    info = data.DataInfo(kind="lm", features=lm_features(8), vocab_size=256, pad_id=0, seq_len=8)
     text = "héllo, wörld"
     ids = info.encode(text)
     assert ids.dtype == np.int32 and list(ids) == list(text.encode())
     assert info.decode(np.append(ids, [0, 0])) == text
-    shifted = data.DataInfo("classification", 257, 0, 2, 8, None, None, None, byte_offset=1)
+    shifted = data.DataInfo(kind="classification", features=classification_features(8),
+                            vocab_size=257, pad_id=0, num_classes=2, seq_len=8, byte_offset=1)
     assert list(shifted.encode("ab")) == [98, 99] and shifted.decode(np.array([98, 99, 0])) == "ab"
-    symbols = data.DataInfo(
-        "classification", 16, 0, 10, 8, None, None, None, vocab=listops.VOCAB, separator=" "
-    )
+    symbols = data.DataInfo(kind="classification", features=classification_features(8),
+                            vocab_size=16, pad_id=0, num_classes=10, seq_len=8,
+                            vocab=listops.VOCAB, separator=" ")
     expression = "[MAX 2 9 [MIN 4 7 ] 0 ]"
     assert list(symbols.encode(expression)) == [12, 3, 10, 11, 5, 8, 15, 1, 15]
     assert symbols.decode(np.append(symbols.encode(expression), 0)) == expression
     with pytest.raises(ValueError, match="MUL"):
         symbols.encode("[MUL 2 3 ]")
-    digits = data.DataInfo(
-        "seq2seq", 13, 0, None, 8, 9, 1, 2, vocab=seq2seq_digits.VOCAB
-    )
+    seq2seq = {"inputs": data.Feature("int32", (8,)), "inputs_mask": data.Feature("bool", (8,)),
+               "decoder_inputs": data.Feature("int32", (9,)),
+               "targets": data.Feature("int32", (9,)), "weights": data.Feature("float32", (9,))}
+    digits = data.DataInfo(kind="seq2seq", features=seq2seq, vocab_size=13, pad_id=0, seq_len=8,
+                           target_len=9, bos_id=1, eos_id=2, vocab=seq2seq_digits.VOCAB)
     assert list(digits.encode("3107")) == [6, 4, 3, 10]
     assert digits.decode(np.array([1, 6, 4, 2, 9, 0])) == "31"  # BOS dropped, stops at EOS.
 
@@ -206,7 +254,7 @@ def test_listops_examples_obey_the_task(listops_tiny: data.Dataset, data_dir: st
 
 def test_listops_batches_encode_the_examples(listops_tiny: data.Dataset, data_dir: str):
     info = listops_tiny.info
-    assert (info.task, info.vocab_size, info.num_classes, info.seq_len) == (
+    assert (info.kind, info.vocab_size, info.num_classes, info.seq_len) == (
         "classification", 16, 10, 128,
     )
     records = examples(tfds.builder("listops", config="tiny", data_dir=data_dir), "validation")
@@ -365,7 +413,7 @@ def test_textfile_splits_contiguously(textfile_lm: data.Dataset, corpus: tuple[s
     assert stream_of(textfile_lm, "validation") == content[a:b]
     assert stream_of(textfile_lm, "test") == content[b:]
     info = textfile_lm.info
-    assert (info.task, info.vocab_size, info.pad_id, info.seq_len) == ("lm", 256, 0, 16)
+    assert (info.kind, info.vocab_size, info.pad_id, info.seq_len) == ("lm", 256, 0, 16)
 
 
 def test_textfile_directory_and_keying(tmp_path, corpus: tuple[str, bytes], data_dir: str):
@@ -520,7 +568,7 @@ def test_seq2seq_digits_batches(data_dir: str):
     )
     ds = data.build(config, seed=0)
     info = ds.info
-    assert (info.task, info.vocab_size, info.target_len, info.bos_id, info.eos_id) == (
+    assert (info.kind, info.vocab_size, info.target_len, info.bos_id, info.eos_id) == (
         "seq2seq", 13, 17, 1, 2,
     )
     batch = ds.train_batch(0, global_batch_size=16)
@@ -558,7 +606,7 @@ def test_mock_text_classification_dataset_flows_through_build():
         batch = ds.train_batch(0, global_batch_size=4)
         eval_rows = sum(b["weights"].sum() for b in ds.eval_batches("test", global_batch_size=4))
     info = ds.info
-    assert (info.task, info.vocab_size, info.num_classes) == ("classification", 257, 2)
+    assert (info.kind, info.vocab_size, info.num_classes) == ("classification", 257, 2)
     assert batch["inputs"].shape == (4, 24) and set(batch["label"]) <= {0, 1}
     for inputs, mask in zip(batch["inputs"], batch["mask"]):
         assert (inputs[mask] - 1).astype(np.uint8).tobytes() in texts
@@ -574,7 +622,7 @@ def test_mock_lm_dataset_flows_through_build():
         stream = b"".join(source[i]["text"].encode() + b"\n" for i in range(len(source)))
         batch = ds.train_batch(0, global_batch_size=2)
         covered = stream_of(ds, "train", batch_size=3)
-    assert ds.info.task == "lm" and batch["inputs"].shape == (2, 8)
+    assert ds.info.kind == "lm" and batch["inputs"].shape == (2, 8)
     assert covered == stream
     for inputs, targets in zip(batch["inputs"], batch["targets"]):
         window = np.append(inputs, targets[-1]).astype(np.uint8).tobytes()

@@ -110,7 +110,7 @@ def _compiled_train_step(name: str, arg: str, data_dir: str, **optimizer):
     params = nnx.state(build(), nnx.Param)
     state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
     batch = dataset.train_batch(0, global_batch_size=config.batch_size)
-    step = fast_jit(train.make_train_step(graphdef, dataset.info.task, tx, schedule), state, batch,
+    step = fast_jit(train.make_train_step(graphdef, dataset.info.kind, tx, schedule), state, batch,
                     jax.random.key(0))
     return step, state, batch
 
@@ -339,6 +339,6 @@ def test_text_and_image_configs_flow_through_mock_data(name: str, num_classes: i
     assert batch["inputs"].shape == (config.batch_size, seq_len) and test_rows == 16
     graphdef, _, build = train.abstract_model(config, info)
     params = nnx.state(build(), nnx.Param)
-    eval_step = jax.jit(train.make_eval_step(graphdef, info.task))
+    eval_step = jax.jit(train.make_eval_step(graphdef, info.kind))
     loss_sum, correct, weight = eval_step(params, batch)
     assert np.isfinite(float(loss_sum)) and weight == config.batch_size

@@ -301,7 +301,7 @@ def test_bad_arguments_are_rejected():
 
 def test_batches_are_pixels_plus_one(tiny: data.Dataset, records, data_dir: str):
     info = tiny.info
-    assert (info.task, info.vocab_size, info.num_classes, info.seq_len) == (
+    assert (info.kind, info.vocab_size, info.num_classes, info.seq_len) == (
         "classification", 257, 2, 1024)
     batch = next(tiny.eval_batches("validation", global_batch_size=8))
     for row in range(8):

@@ -188,7 +188,7 @@ def test_duplication_config_trains_and_evaluates_with_other_attention(tmp_path):
     config = _load_config("reformer_duplication", "smoke,train=full")
     config.data.data_dir = str(tmp_path / "tfds")
     dataset = data.build(config.data, seed=0)
-    assert (dataset.info.task, dataset.info.vocab_size, dataset.info.seq_len) == ("lm", 128, 32)
+    assert (dataset.info.kind, dataset.info.vocab_size, dataset.info.seq_len) == ("lm", 128, 32)
     batch = dataset.train_batch(0, global_batch_size=4)
     np.testing.assert_array_equal(batch["weights"].sum(1), [16] * 4)  # the second half only
     np.testing.assert_array_equal(batch["inputs"][:, 17:], batch["targets"][:, 16:-1])

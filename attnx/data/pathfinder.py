@@ -43,8 +43,12 @@ import functools
 import math
 from collections.abc import Iterator
 
+import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
+
+from attnx.data import representations
+from attnx.data.spec import DatasetSpec, Served, builder_of_configs
 
 # Geometry in units of size / 32.
 DASH = 1.5
@@ -449,3 +453,23 @@ class Pathfinder(tfds.core.GeneratorBasedBuilder):
         for index in range(n):
             yield index, example(config.seed, split, index, int(labels[index]),
                                  image_size=config.image_size, difficulty=config.difficulty)
+
+
+def _tokens(builder: tfds.core.DatasetBuilder, config: ml_collections.ConfigDict) -> Served:
+    """LRA's pixel sequence: `representations.image_tokens`, `data.seq_len` at least the pixel
+    count."""
+    pixels = builder.builder_config.image_size**2
+    if config.seq_len < pixels:
+        raise ValueError(
+            f"data.seq_len={config.seq_len} would truncate pathfinder/"
+            f"{builder.builder_config.name} images of {pixels} pixels"
+        )
+    return representations.image_tokens(builder, config)
+
+
+# 'tokens' (LRA's pixel sequence) or 'image' (`[size, size, 1]` floats in [0, 1]).
+SPEC = DatasetSpec(
+    builder=builder_of_configs(Pathfinder),
+    representations={"tokens": _tokens, "image": representations.images},
+    default="tokens",
+)
