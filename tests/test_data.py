@@ -7,6 +7,7 @@ import statistics
 import subprocess
 import sys
 
+import ml_collections
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -661,3 +662,179 @@ def test_data_imports_neither_models_nor_tensorflow():
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ----------------------------------------------------------------------------- specs, registry
+
+
+def test_registry_has_one_spec_per_embedded_builder():
+    assert data.registry.names() == [
+        "duplication", "listops", "pathfinder", "pystdlib", "seq2seq_digits", "textfile"]
+    for name in data.registry.names():
+        spec = data.registry.get(name)
+        assert spec.default in spec.representations
+        assert name in tfds.list_builders(with_community_datasets=False)
+    assert set(data.registry.get("pathfinder").representations) == {"tokens", "image"}
+    assert data.registry.get("cifar10") is data.generic.SPEC
+    assert set(data.generic.SPEC.representations) == {"tokens", "image", "video"}
+    with pytest.raises(ValueError, match="data.name='listops'.*data.builder_config"):
+        data.registry.get("listops/tiny")
+    with pytest.raises(ValueError, match="default representation 'image'"):
+        data.DatasetSpec(builder=tfds.builder, representations={"tokens": None}, default="image")
+
+
+@pytest.mark.parametrize("name, builder_config, seq_len, kind, shapes", [
+    ("listops", "tiny", 128, "classification", {"inputs": (128,), "label": ()}),
+    ("seq2seq_digits", "reverse", 16, "seq2seq", {"inputs": (16,), "targets": (17,)}),
+    ("duplication", "tiny", 32, "lm", {"inputs": (32,), "weights": (32,)}),
+    ("pystdlib", None, 64, "lm", {"targets": (64,)}),
+])
+def test_embedded_batches_hold_what_their_info_declares(name, builder_config, seq_len, kind,
+                                                       shapes, data_dir):
+    config = data.default_data_config(name=name, builder_config=builder_config,
+                                      data_dir=data_dir, seq_len=seq_len)
+    ds = data.build(config, seed=0)
+    assert ds.info.kind == kind
+    assert {k: ds.info.features[k].shape for k in shapes} == shapes
+    assert_batch_matches_info(ds.train_batch(1, global_batch_size=6), ds.info, 6)
+    assert_batch_matches_info(next(ds.eval_batches("test", global_batch_size=4)), ds.info, 4)
+    with pytest.raises(ValueError, match=(
+            rf"data.representation='image' is not a representation of {name}; "
+            r"expected one of \['tokens'\]")):
+        data.build(data.default_data_config(name=name, builder_config=builder_config,
+                                            data_dir=data_dir, seq_len=seq_len,
+                                            representation="image"), seed=0)
+
+
+# ----------------------------------------------------------------------------- images, clips
+
+
+@pytest.mark.parametrize("name, shape", [("cifar10", (32, 32, 3)), ("mnist", (28, 28, 1))])
+def test_mock_image_dataset_as_images(name: str, shape: tuple[int, int, int]):
+    config = data.default_data_config(name=name, eval_split="test", representation="image")
+    with tfds.testing.mock_data(num_examples=5, policy=tfds.testing.MockPolicy.USE_CODE):
+        ds = data.build(config, seed=0)
+        source = tfds.builder(name).as_data_source("test")
+        records = [source[i] for i in range(len(source))]
+        batches = list(ds.eval_batches("test", global_batch_size=4))
+        train = ds.train_batch(0, global_batch_size=3)
+    info = ds.info
+    assert (info.kind, info.image_shape, info.num_classes) == ("image_classification", shape, 10)
+    assert (info.vocab_size, info.seq_len) == (None, None)
+    images = np.concatenate([b["image"] for b in batches])
+    for row, record in enumerate(records):
+        pixels = np.asarray(record["image"])
+        assert pixels.dtype == np.uint8 and pixels.shape == shape
+        np.testing.assert_allclose(images[row], pixels / 255.0, rtol=1e-6)
+        assert batches[row // 4]["label"][row % 4] == record["label"]
+    assert not images[5:].any()
+    assert np.concatenate([b["weights"] for b in batches]).tolist() == [1.0] * 5 + [0.0] * 3
+    assert_batch_matches_info(batches[0], info, 4)
+    assert_batch_matches_info(train, info, 3)
+    assert 0.0 <= images.min() and images.max() <= 1.0
+
+
+def test_mock_datasets_reject_representations_and_features_they_lack():
+    with tfds.testing.mock_data(num_examples=2, policy=tfds.testing.MockPolicy.USE_CODE):
+        with pytest.raises(ValueError, match=r"data.image_key='image' is not a feature of "
+                                             r"imdb_reviews; features: \['label', 'text'\]"):
+            data.build(data.default_data_config(name="imdb_reviews", representation="image"),
+                       seed=0)
+        with pytest.raises(ValueError, match=r"data.representation='pixels' is not a "
+                                             r"representation of cifar10; expected one of "
+                                             r"\['image', 'tokens', 'video'\]"):
+            data.build(data.default_data_config(name="cifar10", representation="pixels"), seed=0)
+        with pytest.raises(ValueError, match=r"'video' reads clips \[T, H, W, C\] but "
+                                             r"data.image_key='image' of cifar10 has shape "
+                                             r"\(32, 32, 3\)"):
+            data.build(data.default_data_config(name="cifar10", representation="video"), seed=0)
+
+
+class AttnxTestClips(tfds.core.GeneratorBasedBuilder):
+    """Test-only video classification: clips `video` of 1-6 frames `[4, 6, 3]` uint8 (frame f of
+    clip i is filled with 10 * i + f), and fixed 3-frame float clips `flow` `[3, 4, 6, 1]`."""
+
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return tfds.core.DatasetInfo(
+            builder=self,
+            features=tfds.features.FeaturesDict({
+                "video": tfds.features.Tensor(shape=(None, 4, 6, 3), dtype=np.uint8),
+                "flow": tfds.features.Tensor(shape=(3, 4, 6, 1), dtype=np.float32),
+                "label": tfds.features.ClassLabel(num_classes=3),
+            }),
+            disable_shuffling=True,
+        )
+
+    def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict:
+        del dl_manager
+        return {"train": self._generate_examples(7), "test": self._generate_examples(5)}
+
+    def _generate_examples(self, n: int):
+        for i in range(n):
+            frames = 1 + i % 6
+            video = (10 * i + np.arange(frames, dtype=np.uint8))[:, None, None, None]
+            flow = np.linspace(0.0, 1.0, 72, dtype=np.float32).reshape(3, 4, 6, 1) * (i % 2)
+            yield i, {"video": np.broadcast_to(video, (frames, 4, 6, 3)).copy(), "flow": flow,
+                      "label": i % 3}
+
+
+def clip_config(data_dir: str, **overrides) -> ml_collections.ConfigDict:
+    fields = dict(name="attnx_test_clips", data_dir=data_dir, eval_split="test",
+                  representation="video", image_key="video", num_frames=4)
+    return data.default_data_config(**{**fields, **overrides})
+
+
+def test_clips_are_padded_to_num_frames_with_a_frame_mask(data_dir: str):
+    ds = data.build(clip_config(data_dir), seed=0)
+    info = ds.info
+    assert (info.kind, info.clip_shape, info.num_classes) == (
+        "video_classification", (4, 4, 6, 3), 3)
+    batches = list(ds.eval_batches("test", global_batch_size=3))
+    assert len(batches) == 2
+    for b, batch in enumerate(batches):
+        assert_batch_matches_info(batch, info, 3)
+        for row in range(3):
+            i = 3 * b + row
+            if i >= 5:  # padding row
+                assert batch["weights"][row] == 0 and not batch["frame_mask"][row].any()
+                assert not batch["video"][row].any()
+                continue
+            frames = 1 + i % 6
+            real = min(frames, 4)
+            assert batch["frame_mask"][row].tolist() == [True] * real + [False] * (4 - real)
+            expected = np.zeros((4, 4, 6, 3), np.float32)
+            for f in range(real):
+                expected[f] = (10 * i + f) / 255.0
+            np.testing.assert_allclose(batch["video"][row], expected, rtol=1e-6)
+            assert (batch["label"][row], batch["weights"][row]) == (i % 3, 1.0)
+    # The first train epoch holds every clip once, those longer than 4 frames cut to their first.
+    train = ds.train_batch(0, global_batch_size=7)
+    assert_batch_matches_info(train, info, 7)
+    first_values = np.round(train["video"][:, 0, 0, 0, 0] * 255).astype(int)
+    assert sorted(first_values.tolist()) == [0, 10, 20, 30, 40, 50, 60]
+    for row, value in enumerate(first_values):
+        real = min(1 + (value // 10) % 6, 4)
+        assert train["frame_mask"][row].sum() == real
+        np.testing.assert_allclose(train["video"][row, :real, 0, 0, 0] * 255,
+                                   value + np.arange(real), rtol=1e-5)
+
+
+def test_fixed_length_float_clips_and_bad_clip_configs(data_dir: str):
+    ds = data.build(clip_config(data_dir, image_key="flow", num_frames=None), seed=0)
+    assert ds.info.clip_shape == (3, 4, 6, 1)
+    batch = next(ds.eval_batches("test", global_batch_size=2))
+    expected = np.linspace(0.0, 1.0, 72, dtype=np.float32).reshape(3, 4, 6, 1)
+    np.testing.assert_array_equal(batch["video"][1], expected)  # floats kept as they are
+    assert not batch["video"][0].any() and batch["frame_mask"].all()
+    with pytest.raises(ValueError, match="data.num_frames must be set"):
+        data.build(clip_config(data_dir, num_frames=None), seed=0)
+    with pytest.raises(ValueError, match="data.num_frames must be >= 1"):
+        data.build(clip_config(data_dir, num_frames=0), seed=0)
+    for representation in ("image", "tokens"):
+        with pytest.raises(ValueError, match=(
+                rf"data.representation='{representation}' reads images \[H, W, C\] but "
+                r"data.image_key='video' of attnx_test_clips has shape \(None, 4, 6, 3\); the "
+                r"representations of pixel arrays: 'tokens' and 'image' .* 'video' for clips")):
+            data.build(clip_config(data_dir, representation=representation), seed=0)
