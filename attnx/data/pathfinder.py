@@ -6,8 +6,10 @@ path and 0 when they sit on ends of two different paths. As in Linsley et al. (2
 LRA uses, every image holds two long paths of `contour_length` dashes (the marked one(s)), both
 drawn the same way whatever the label, and shorter distractor paths; difficulty is the length of
 the long paths (LRA's `curv_baseline` = 6 dashes is 'easy', `curv_contour_length_14` is 'hard',
-the one LRA's Table 1 reports). The pipeline reads an image as `size * size` tokens in raster
-order, intensity + 1 (0 stays padding).
+the one LRA's Table 1 reports). The pipeline serves an image (`SPEC`, at the end of this module)
+as LRA's `size * size` tokens in raster order, intensity + 1 (0 stays padding;
+`data.representation='tokens'`, the default) or as the float image `[size, size, 1]` / 255
+(`'image'`).
 
 How an example is drawn (all lengths in units of size / 32, so every size shows the same scene):
 - A path is a chain of pieces, each a dash of `DASH` followed by a gap of `GAP` along a straight
