@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import subprocess
 import sys
 
+import ml_collections
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -77,11 +79,6 @@ def stream_of(ds: data.Dataset, split: str, batch_size: int = 8) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return str(tmp_path_factory.mktemp("tfds"))
-
-
-@pytest.fixture(scope="module")
 def listops_tiny(data_dir: str) -> data.Dataset:
     config = data.default_data_config(
         name="listops", builder_config="tiny", data_dir=data_dir, seq_len=128
@@ -112,38 +109,90 @@ def textfile_lm(corpus: tuple[str, bytes], data_dir: str) -> data.Dataset:
 def test_default_data_config_fields_and_types():
     config = data.default_data_config(name="listops", builder_config="tiny")
     expected = {
-        "name", "builder_config", "data_dir", "path", "seq_len", "target_len", "train_split",
-        "eval_split", "test_split", "text_key", "label_key", "image_key", "num_classes",
+        "name", "builder_config", "representation", "data_dir", "path", "seq_len", "target_len",
+        "num_frames", "train_split", "eval_split", "test_split", "text_key", "label_key",
+        "image_key", "num_classes",
     }
     assert set(config.keys()) == expected
     assert (config.name, config.builder_config, config.path) == ("listops", "tiny", None)
+    assert (config.representation, config.num_frames) == (None, None)
     config.target_len = 12  # None-able fields are typed and stay overridable.
     config.num_classes = 3
+    config.representation = "image"
+    config.num_frames = 8
     with pytest.raises(TypeError):
         config.target_len = "long"
+    with pytest.raises(TypeError):
+        config.representation = 3
     with pytest.raises(ValueError, match="seq_length"):
         data.default_data_config(seq_length=4)
 
 
+def lm_features(seq_len: int) -> dict[str, data.Feature]:
+    """The features of 'lm' batches, written out independently of the pipeline's helpers."""
+    return {"inputs": data.Feature("int32", (seq_len,)),
+            "targets": data.Feature("int32", (seq_len,)),
+            "weights": data.Feature("float32", (seq_len,))}
+
+
+def classification_features(seq_len: int) -> dict[str, data.Feature]:
+    return {"inputs": data.Feature("int32", (seq_len,)), "mask": data.Feature("bool", (seq_len,)),
+            "label": data.Feature("int32", ()), "weights": data.Feature("float32", ())}
+
+
+def assert_batch_matches_info(batch: dict[str, np.ndarray], info: data.DataInfo, rows: int):
+    """Every key of `batch` is declared in `info.features` with its dtype and per-example shape,
+    and every declared feature is in the batch."""
+    assert set(batch) == set(info.features)
+    for key, feature in info.features.items():
+        assert batch[key].dtype == np.dtype(feature.dtype), key
+        assert batch[key].shape == (rows, *feature.shape), key
+
+
+def test_data_info_has_named_fields_and_checks_its_features():
+    with pytest.raises(TypeError):
+        data.DataInfo("lm", lm_features(8))  # keyword-only
+    info = data.DataInfo(kind="lm", features=lm_features(8), vocab_size=256, pad_id=0, seq_len=8)
+    assert (info.num_classes, info.target_len, info.image_shape, info.clip_shape) == (
+        None, None, None, None)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        info.kind = "seq2seq"
+    with pytest.raises(ValueError, match="kind must be one of.*'video_classification'"):
+        data.DataInfo(kind="regression", features=lm_features(8))
+    with pytest.raises(ValueError, match=r"'lm' DataInfo has the features \['inputs', "):
+        data.DataInfo(kind="lm", features=classification_features(8))
+    image = data.DataInfo(kind="image_classification", num_classes=10, features={
+        "image": data.Feature("float32", (32, 32, 3)), "label": data.Feature("int32", ()),
+        "weights": data.Feature("float32", ())})
+    assert (image.image_shape, image.clip_shape, image.vocab_size) == ((32, 32, 3), None, None)
+    video = data.DataInfo(kind="video_classification", num_classes=3, features={
+        "video": data.Feature("float32", (4, 8, 8, 3)), "frame_mask": data.Feature("bool", (4,)),
+        "label": data.Feature("int32", ()), "weights": data.Feature("float32", ())})
+    assert (video.clip_shape, video.image_shape) == ((4, 8, 8, 3), None)
+
+
 def test_encode_decode():
-    info = data.DataInfo("lm", 256, 0, None, 8, None, None, None)
+    info = data.DataInfo(kind="lm", features=lm_features(8), vocab_size=256, pad_id=0, seq_len=8)
     text = "héllo, wörld"
     ids = info.encode(text)
     assert ids.dtype == np.int32 and list(ids) == list(text.encode())
     assert info.decode(np.append(ids, [0, 0])) == text
-    shifted = data.DataInfo("classification", 257, 0, 2, 8, None, None, None, byte_offset=1)
+    shifted = data.DataInfo(kind="classification", features=classification_features(8),
+                            vocab_size=257, pad_id=0, num_classes=2, seq_len=8, byte_offset=1)
     assert list(shifted.encode("ab")) == [98, 99] and shifted.decode(np.array([98, 99, 0])) == "ab"
-    symbols = data.DataInfo(
-        "classification", 16, 0, 10, 8, None, None, None, vocab=listops.VOCAB, separator=" "
-    )
+    symbols = data.DataInfo(kind="classification", features=classification_features(8),
+                            vocab_size=16, pad_id=0, num_classes=10, seq_len=8,
+                            vocab=listops.VOCAB, separator=" ")
     expression = "[MAX 2 9 [MIN 4 7 ] 0 ]"
     assert list(symbols.encode(expression)) == [12, 3, 10, 11, 5, 8, 15, 1, 15]
     assert symbols.decode(np.append(symbols.encode(expression), 0)) == expression
     with pytest.raises(ValueError, match="MUL"):
         symbols.encode("[MUL 2 3 ]")
-    digits = data.DataInfo(
-        "seq2seq", 13, 0, None, 8, 9, 1, 2, vocab=seq2seq_digits.VOCAB
-    )
+    seq2seq = {"inputs": data.Feature("int32", (8,)), "inputs_mask": data.Feature("bool", (8,)),
+               "decoder_inputs": data.Feature("int32", (9,)),
+               "targets": data.Feature("int32", (9,)), "weights": data.Feature("float32", (9,))}
+    digits = data.DataInfo(kind="seq2seq", features=seq2seq, vocab_size=13, pad_id=0, seq_len=8,
+                           target_len=9, bos_id=1, eos_id=2, vocab=seq2seq_digits.VOCAB)
     assert list(digits.encode("3107")) == [6, 4, 3, 10]
     assert digits.decode(np.array([1, 6, 4, 2, 9, 0])) == "31"  # BOS dropped, stops at EOS.
 
@@ -206,7 +255,7 @@ def test_listops_examples_obey_the_task(listops_tiny: data.Dataset, data_dir: st
 
 def test_listops_batches_encode_the_examples(listops_tiny: data.Dataset, data_dir: str):
     info = listops_tiny.info
-    assert (info.task, info.vocab_size, info.num_classes, info.seq_len) == (
+    assert (info.kind, info.vocab_size, info.num_classes, info.seq_len) == (
         "classification", 16, 10, 128,
     )
     records = examples(tfds.builder("listops", config="tiny", data_dir=data_dir), "validation")
@@ -365,7 +414,7 @@ def test_textfile_splits_contiguously(textfile_lm: data.Dataset, corpus: tuple[s
     assert stream_of(textfile_lm, "validation") == content[a:b]
     assert stream_of(textfile_lm, "test") == content[b:]
     info = textfile_lm.info
-    assert (info.task, info.vocab_size, info.pad_id, info.seq_len) == ("lm", 256, 0, 16)
+    assert (info.kind, info.vocab_size, info.pad_id, info.seq_len) == ("lm", 256, 0, 16)
 
 
 def test_textfile_directory_and_keying(tmp_path, corpus: tuple[str, bytes], data_dir: str):
@@ -520,7 +569,7 @@ def test_seq2seq_digits_batches(data_dir: str):
     )
     ds = data.build(config, seed=0)
     info = ds.info
-    assert (info.task, info.vocab_size, info.target_len, info.bos_id, info.eos_id) == (
+    assert (info.kind, info.vocab_size, info.target_len, info.bos_id, info.eos_id) == (
         "seq2seq", 13, 17, 1, 2,
     )
     batch = ds.train_batch(0, global_batch_size=16)
@@ -558,7 +607,7 @@ def test_mock_text_classification_dataset_flows_through_build():
         batch = ds.train_batch(0, global_batch_size=4)
         eval_rows = sum(b["weights"].sum() for b in ds.eval_batches("test", global_batch_size=4))
     info = ds.info
-    assert (info.task, info.vocab_size, info.num_classes) == ("classification", 257, 2)
+    assert (info.kind, info.vocab_size, info.num_classes) == ("classification", 257, 2)
     assert batch["inputs"].shape == (4, 24) and set(batch["label"]) <= {0, 1}
     for inputs, mask in zip(batch["inputs"], batch["mask"]):
         assert (inputs[mask] - 1).astype(np.uint8).tobytes() in texts
@@ -574,7 +623,7 @@ def test_mock_lm_dataset_flows_through_build():
         stream = b"".join(source[i]["text"].encode() + b"\n" for i in range(len(source)))
         batch = ds.train_batch(0, global_batch_size=2)
         covered = stream_of(ds, "train", batch_size=3)
-    assert ds.info.task == "lm" and batch["inputs"].shape == (2, 8)
+    assert ds.info.kind == "lm" and batch["inputs"].shape == (2, 8)
     assert covered == stream
     for inputs, targets in zip(batch["inputs"], batch["targets"]):
         window = np.append(inputs, targets[-1]).astype(np.uint8).tobytes()
@@ -613,3 +662,179 @@ def test_data_imports_neither_models_nor_tensorflow():
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ----------------------------------------------------------------------------- specs, registry
+
+
+def test_registry_has_one_spec_per_embedded_builder():
+    assert data.registry.names() == [
+        "duplication", "listops", "pathfinder", "pystdlib", "seq2seq_digits", "textfile"]
+    for name in data.registry.names():
+        spec = data.registry.get(name)
+        assert spec.default in spec.representations
+        assert name in tfds.list_builders(with_community_datasets=False)
+    assert set(data.registry.get("pathfinder").representations) == {"tokens", "image"}
+    assert data.registry.get("cifar10") is data.generic.SPEC
+    assert set(data.generic.SPEC.representations) == {"tokens", "image", "video"}
+    with pytest.raises(ValueError, match="data.name='listops'.*data.builder_config"):
+        data.registry.get("listops/tiny")
+    with pytest.raises(ValueError, match="default representation 'image'"):
+        data.DatasetSpec(builder=tfds.builder, representations={"tokens": None}, default="image")
+
+
+@pytest.mark.parametrize("name, builder_config, seq_len, kind, shapes", [
+    ("listops", "tiny", 128, "classification", {"inputs": (128,), "label": ()}),
+    ("seq2seq_digits", "reverse", 16, "seq2seq", {"inputs": (16,), "targets": (17,)}),
+    ("duplication", "tiny", 32, "lm", {"inputs": (32,), "weights": (32,)}),
+    ("pystdlib", None, 64, "lm", {"targets": (64,)}),
+])
+def test_embedded_batches_hold_what_their_info_declares(name, builder_config, seq_len, kind,
+                                                       shapes, data_dir):
+    config = data.default_data_config(name=name, builder_config=builder_config,
+                                      data_dir=data_dir, seq_len=seq_len)
+    ds = data.build(config, seed=0)
+    assert ds.info.kind == kind
+    assert {k: ds.info.features[k].shape for k in shapes} == shapes
+    assert_batch_matches_info(ds.train_batch(1, global_batch_size=6), ds.info, 6)
+    assert_batch_matches_info(next(ds.eval_batches("test", global_batch_size=4)), ds.info, 4)
+    with pytest.raises(ValueError, match=(
+            rf"data.representation='image' is not a representation of {name}; "
+            r"expected one of \['tokens'\]")):
+        data.build(data.default_data_config(name=name, builder_config=builder_config,
+                                            data_dir=data_dir, seq_len=seq_len,
+                                            representation="image"), seed=0)
+
+
+# ----------------------------------------------------------------------------- images, clips
+
+
+@pytest.mark.parametrize("name, shape", [("cifar10", (32, 32, 3)), ("mnist", (28, 28, 1))])
+def test_mock_image_dataset_as_images(name: str, shape: tuple[int, int, int]):
+    config = data.default_data_config(name=name, eval_split="test", representation="image")
+    with tfds.testing.mock_data(num_examples=5, policy=tfds.testing.MockPolicy.USE_CODE):
+        ds = data.build(config, seed=0)
+        source = tfds.builder(name).as_data_source("test")
+        records = [source[i] for i in range(len(source))]
+        batches = list(ds.eval_batches("test", global_batch_size=4))
+        train = ds.train_batch(0, global_batch_size=3)
+    info = ds.info
+    assert (info.kind, info.image_shape, info.num_classes) == ("image_classification", shape, 10)
+    assert (info.vocab_size, info.seq_len) == (None, None)
+    images = np.concatenate([b["image"] for b in batches])
+    for row, record in enumerate(records):
+        pixels = np.asarray(record["image"])
+        assert pixels.dtype == np.uint8 and pixels.shape == shape
+        np.testing.assert_allclose(images[row], pixels / 255.0, rtol=1e-6)
+        assert batches[row // 4]["label"][row % 4] == record["label"]
+    assert not images[5:].any()
+    assert np.concatenate([b["weights"] for b in batches]).tolist() == [1.0] * 5 + [0.0] * 3
+    assert_batch_matches_info(batches[0], info, 4)
+    assert_batch_matches_info(train, info, 3)
+    assert 0.0 <= images.min() and images.max() <= 1.0
+
+
+def test_mock_datasets_reject_representations_and_features_they_lack():
+    with tfds.testing.mock_data(num_examples=2, policy=tfds.testing.MockPolicy.USE_CODE):
+        with pytest.raises(ValueError, match=r"data.image_key='image' is not a feature of "
+                                             r"imdb_reviews; features: \['label', 'text'\]"):
+            data.build(data.default_data_config(name="imdb_reviews", representation="image"),
+                       seed=0)
+        with pytest.raises(ValueError, match=r"data.representation='pixels' is not a "
+                                             r"representation of cifar10; expected one of "
+                                             r"\['image', 'tokens', 'video'\]"):
+            data.build(data.default_data_config(name="cifar10", representation="pixels"), seed=0)
+        with pytest.raises(ValueError, match=r"'video' reads clips \[T, H, W, C\] but "
+                                             r"data.image_key='image' of cifar10 has shape "
+                                             r"\(32, 32, 3\)"):
+            data.build(data.default_data_config(name="cifar10", representation="video"), seed=0)
+
+
+class AttnxTestClips(tfds.core.GeneratorBasedBuilder):
+    """Test-only video classification: clips `video` of 1-6 frames `[4, 6, 3]` uint8 (frame f of
+    clip i is filled with 10 * i + f), and fixed 3-frame float clips `flow` `[3, 4, 6, 1]`."""
+
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return tfds.core.DatasetInfo(
+            builder=self,
+            features=tfds.features.FeaturesDict({
+                "video": tfds.features.Tensor(shape=(None, 4, 6, 3), dtype=np.uint8),
+                "flow": tfds.features.Tensor(shape=(3, 4, 6, 1), dtype=np.float32),
+                "label": tfds.features.ClassLabel(num_classes=3),
+            }),
+            disable_shuffling=True,
+        )
+
+    def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict:
+        del dl_manager
+        return {"train": self._generate_examples(7), "test": self._generate_examples(5)}
+
+    def _generate_examples(self, n: int):
+        for i in range(n):
+            frames = 1 + i % 6
+            video = (10 * i + np.arange(frames, dtype=np.uint8))[:, None, None, None]
+            flow = np.linspace(0.0, 1.0, 72, dtype=np.float32).reshape(3, 4, 6, 1) * (i % 2)
+            yield i, {"video": np.broadcast_to(video, (frames, 4, 6, 3)).copy(), "flow": flow,
+                      "label": i % 3}
+
+
+def clip_config(data_dir: str, **overrides) -> ml_collections.ConfigDict:
+    fields = dict(name="attnx_test_clips", data_dir=data_dir, eval_split="test",
+                  representation="video", image_key="video", num_frames=4)
+    return data.default_data_config(**{**fields, **overrides})
+
+
+def test_clips_are_padded_to_num_frames_with_a_frame_mask(data_dir: str):
+    ds = data.build(clip_config(data_dir), seed=0)
+    info = ds.info
+    assert (info.kind, info.clip_shape, info.num_classes) == (
+        "video_classification", (4, 4, 6, 3), 3)
+    batches = list(ds.eval_batches("test", global_batch_size=3))
+    assert len(batches) == 2
+    for b, batch in enumerate(batches):
+        assert_batch_matches_info(batch, info, 3)
+        for row in range(3):
+            i = 3 * b + row
+            if i >= 5:  # padding row
+                assert batch["weights"][row] == 0 and not batch["frame_mask"][row].any()
+                assert not batch["video"][row].any()
+                continue
+            frames = 1 + i % 6
+            real = min(frames, 4)
+            assert batch["frame_mask"][row].tolist() == [True] * real + [False] * (4 - real)
+            expected = np.zeros((4, 4, 6, 3), np.float32)
+            for f in range(real):
+                expected[f] = (10 * i + f) / 255.0
+            np.testing.assert_allclose(batch["video"][row], expected, rtol=1e-6)
+            assert (batch["label"][row], batch["weights"][row]) == (i % 3, 1.0)
+    # The first train epoch holds every clip once, those longer than 4 frames cut to their first.
+    train = ds.train_batch(0, global_batch_size=7)
+    assert_batch_matches_info(train, info, 7)
+    first_values = np.round(train["video"][:, 0, 0, 0, 0] * 255).astype(int)
+    assert sorted(first_values.tolist()) == [0, 10, 20, 30, 40, 50, 60]
+    for row, value in enumerate(first_values):
+        real = min(1 + (value // 10) % 6, 4)
+        assert train["frame_mask"][row].sum() == real
+        np.testing.assert_allclose(train["video"][row, :real, 0, 0, 0] * 255,
+                                   value + np.arange(real), rtol=1e-5)
+
+
+def test_fixed_length_float_clips_and_bad_clip_configs(data_dir: str):
+    ds = data.build(clip_config(data_dir, image_key="flow", num_frames=None), seed=0)
+    assert ds.info.clip_shape == (3, 4, 6, 1)
+    batch = next(ds.eval_batches("test", global_batch_size=2))
+    expected = np.linspace(0.0, 1.0, 72, dtype=np.float32).reshape(3, 4, 6, 1)
+    np.testing.assert_array_equal(batch["video"][1], expected)  # floats kept as they are
+    assert not batch["video"][0].any() and batch["frame_mask"].all()
+    with pytest.raises(ValueError, match="data.num_frames must be set"):
+        data.build(clip_config(data_dir, num_frames=None), seed=0)
+    with pytest.raises(ValueError, match="data.num_frames must be >= 1"):
+        data.build(clip_config(data_dir, num_frames=0), seed=0)
+    for representation in ("image", "tokens"):
+        with pytest.raises(ValueError, match=(
+                rf"data.representation='{representation}' reads images \[H, W, C\] but "
+                r"data.image_key='video' of attnx_test_clips has shape \(None, 4, 6, 3\); the "
+                r"representations of pixel arrays: 'tokens' and 'image' .* 'video' for clips")):
+            data.build(clip_config(data_dir, representation=representation), seed=0)

@@ -325,7 +325,7 @@ def test_bad_block_size_is_a_value_error_when_lowering_for_cuda():
         jax.jit(fn).trace(q, q, q).lower(lowering_platforms=("cuda",))
 
 
-def test_lm_trained_with_flash_matches_dense_step_for_step(tmp_path):
+def test_lm_trained_with_flash_matches_dense_step_for_step(data_dir):
     """Same init, same batches: flash (XLA path on CPU) and dense train identically."""
     from attnx import data, train
     from helpers import load_config, train_setup
@@ -333,7 +333,7 @@ def test_lm_trained_with_flash_matches_dense_step_for_step(tmp_path):
     results = {}
     for mechanism in ("dense", "flash"):
         config = load_config("transformer_lm", "smoke")
-        config.data.data_dir = str(tmp_path / "tfds")
+        config.data.data_dir = data_dir
         config.model.update(attention=mechanism, d_model=32, num_layers=1, max_len=64)
         # SGD: Adam's normalised step would turn rounding noise in near-zero gradients into
         # lr-sized parameter differences.

@@ -37,11 +37,6 @@ def fast_jit(fn, *args):
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return str(tmp_path_factory.mktemp("tfds"))
-
-
-@pytest.fixture(scope="module")
 def infos(data_dir: str) -> dict[str, data.DataInfo]:
     """The smoke datasets of both tasks, prepared once: {config name: DataInfo}."""
     out = {}
@@ -291,9 +286,9 @@ def test_mask_tokens_corrupts_only_chosen_real_tokens():
         longformer.mask_tokens(ids, mask, jax.random.key(0), mask_id=0, vocab_size=50, rate=1.0)
 
 
-def test_longformer_mlm_config_trains_on_masked_bytes_only(tmp_path):
+def test_longformer_mlm_config_trains_on_masked_bytes_only(tmp_path, data_dir: str):
     config = load_config("longformer_mlm", "smoke")
-    config.data.data_dir = str(tmp_path / "tfds")
+    config.data.data_dir = data_dir
     config.num_train_steps = 40
     dataset = data.build(config.data, seed=0)
     model = state_lib.build_model(config, dataset.info)

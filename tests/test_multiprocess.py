@@ -55,8 +55,7 @@ def _params(workdir, data_dir):
     return state["params"]
 
 
-def test_two_processes_equal_one(tmp_path):
-    data_dir = str(tmp_path / "tfds")
+def test_two_processes_equal_one(tmp_path, data_dir):
     env, extra = _env(4, data_dir)
     single = subprocess.run([sys.executable, "-m", "attnx.train", *ARGS, *extra,
                              f"--workdir={tmp_path / 'single'}"], cwd=ROOT, env=env,

@@ -112,11 +112,6 @@ def centre_lines(record: dict) -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return str(tmp_path_factory.mktemp("tfds"))
-
-
-@pytest.fixture(scope="module")
 def tiny(data_dir: str) -> data.Dataset:
     config = data.default_data_config(
         name="pathfinder", builder_config="tiny", data_dir=data_dir, seq_len=1024)
@@ -301,7 +296,7 @@ def test_bad_arguments_are_rejected():
 
 def test_batches_are_pixels_plus_one(tiny: data.Dataset, records, data_dir: str):
     info = tiny.info
-    assert (info.task, info.vocab_size, info.num_classes, info.seq_len) == (
+    assert (info.kind, info.vocab_size, info.num_classes, info.seq_len) == (
         "classification", 257, 2, 1024)
     batch = next(tiny.eval_batches("validation", global_batch_size=8))
     for row in range(8):
@@ -316,3 +311,31 @@ def test_batches_are_pixels_plus_one(tiny: data.Dataset, records, data_dir: str)
         data.build(short, seed=0)
     with pytest.raises(ValueError, match="tiny"):
         data.build(data.default_data_config(name="pathfinder", builder_config="huge"), seed=0)
+
+
+def test_image_representation_serves_the_same_examples(tiny: data.Dataset, records,
+                                                       data_dir: str):
+    config = data.default_data_config(name="pathfinder", builder_config="tiny",
+                                      data_dir=data_dir, representation="image")
+    images = data.build(config, seed=0)
+    info = images.info
+    assert (info.kind, info.image_shape, info.num_classes, info.vocab_size, info.seq_len) == (
+        "image_classification", (32, 32, 1), 2, None, None)
+    assert info.features["image"] == data.Feature("float32", (32, 32, 1))
+    batch = next(images.eval_batches("validation", global_batch_size=8))
+    assert batch["image"].dtype == np.float32 and batch["image"].shape == (8, 32, 32, 1)
+    for row in range(8):
+        record = records["validation"][row]
+        np.testing.assert_allclose(batch["image"][row], np.asarray(record["image"]) / 255.0,
+                                   rtol=1e-6)
+        assert batch["label"][row] == record["label"]
+    # Same seed, same position: the same examples as the pixel tokens, in the same order.
+    pixels = images.train_batch(3, global_batch_size=8)
+    tokens = tiny.train_batch(3, global_batch_size=8)
+    np.testing.assert_array_equal(
+        np.round(pixels["image"] * 255).astype(np.int32).reshape(8, -1) + 1, tokens["inputs"])
+    np.testing.assert_array_equal(pixels["label"], tokens["label"])
+    config.representation = "video"
+    with pytest.raises(ValueError, match=r"data.representation='video' is not a representation "
+                                         r"of pathfinder; expected one of \['image', 'tokens'\]"):
+        data.build(config, seed=0)

@@ -169,8 +169,8 @@ def test_duplication_rows_score_the_second_half():
     np.testing.assert_array_equal(rows["weights"], [[0, 0, 0, 0, 1, 1, 1, 1]] * 2)
 
 
-def test_duplication_builder_generates_the_task(tmp_path):
-    builder = duplication.Duplication(config="tiny", data_dir=str(tmp_path))
+def test_duplication_builder_generates_the_task(data_dir: str):
+    builder = duplication.Duplication(config="tiny", data_dir=data_dir)
     builder.download_and_prepare(file_format="array_record")
     source = builder.as_data_source("validation")
     assert len(source) == 64
@@ -182,13 +182,14 @@ def test_duplication_builder_generates_the_task(tmp_path):
     np.testing.assert_array_equal(rows["weights"].sum(1), [16, 16, 0])
 
 
-def test_duplication_config_trains_and_evaluates_with_other_attention(tmp_path):
+def test_duplication_config_trains_and_evaluates_with_other_attention(tmp_path,
+                                                                      data_dir: str):
     from attnx import data, train
 
     config = _load_config("reformer_duplication", "smoke,train=full")
-    config.data.data_dir = str(tmp_path / "tfds")
+    config.data.data_dir = data_dir
     dataset = data.build(config.data, seed=0)
-    assert (dataset.info.task, dataset.info.vocab_size, dataset.info.seq_len) == ("lm", 128, 32)
+    assert (dataset.info.kind, dataset.info.vocab_size, dataset.info.seq_len) == ("lm", 128, 32)
     batch = dataset.train_batch(0, global_batch_size=4)
     np.testing.assert_array_equal(batch["weights"].sum(1), [16] * 4)  # the second half only
     np.testing.assert_array_equal(batch["inputs"][:, 17:], batch["targets"][:, 16:-1])
@@ -208,11 +209,11 @@ def test_duplication_config_trains_and_evaluates_with_other_attention(tmp_path):
     assert math.isfinite(with_lsh["loss"]) and with_lsh["loss"] != with_full["loss"]
 
 
-def test_reformer_lm_smoke_run_end_to_end(tmp_path):
+def test_reformer_lm_smoke_run_end_to_end(tmp_path, data_dir: str):
     from attnx import train
 
     config = _load_config("reformer_lm", "smoke")
-    config.data.data_dir = str(tmp_path / "tfds")
+    config.data.data_dir = data_dir
     config.num_samples = 0  # one compile less; sampling is the trainer's, tested with it
     metrics = train.train_and_evaluate(config, str(tmp_path / "run"))
     assert metrics["loss"] < 0.8 * math.log(256), metrics  # learned beyond uniform bytes

@@ -17,11 +17,6 @@ from attnx import state as state_lib
 from helpers import load_config, train_setup
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("tfds"))
-
-
 def tiny_lm_config(data_dir, **overrides):
     config = load_config("transformer_lm", "smoke")
     config.data.data_dir = data_dir

@@ -21,8 +21,12 @@ import random
 from collections.abc import Iterator
 from typing import Any
 
+import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
+
+from attnx.data import representations
+from attnx.data.spec import DataInfo, DatasetSpec, RowSource, Served, builder_of_configs
 
 
 @dataclasses.dataclass(eq=False)
@@ -136,3 +140,28 @@ class Duplication(tfds.core.GeneratorBasedBuilder):
     def _generate_examples(self, examples: list[np.ndarray]) -> Iterator[tuple[int, dict]]:
         for index, tokens in enumerate(examples):
             yield index, {"tokens": tokens}
+
+
+def _tokens(builder: tfds.core.DatasetBuilder, config: ml_collections.ConfigDict) -> Served:
+    """'lm' rows of whole sequences (`Rows`); `data.seq_len` must be the sequence length."""
+    length = builder.builder_config.length
+    if config.seq_len != length:
+        raise ValueError(
+            f"data.seq_len must equal the length of duplication/{builder.builder_config.name} "
+            f"sequences, {length}, got {config.seq_len}"
+        )
+    info = DataInfo(
+        kind="lm", features=representations.lm_features(length),
+        vocab_size=vocab_size(builder.builder_config), pad_id=0, seq_len=length,
+    )
+
+    def open_split(source: Any, split: str, train: bool) -> RowSource:
+        return Rows(source, length)
+
+    return Served(info, open_split)
+
+
+SPEC = DatasetSpec(
+    builder=builder_of_configs(Duplication), representations={"tokens": _tokens},
+    default="tokens",
+)

@@ -18,8 +18,14 @@ from __future__ import annotations
 import dataclasses
 import random
 from collections.abc import Iterator
+from typing import Any
 
+import ml_collections
+import numpy as np
 import tensorflow_datasets as tfds
+
+from attnx.data import representations
+from attnx.data.spec import DataInfo, DatasetSpec, RowSource, Served, builder_of_configs
 
 OPERATORS = ("[MIN", "[MAX", "[MED", "[SM")
 END = "]"
@@ -147,3 +153,33 @@ class Listops(tfds.core.GeneratorBasedBuilder):
 
     def _generate_examples(self, examples: list[dict]) -> Iterator[tuple[int, dict]]:
         yield from enumerate(examples)
+
+
+def _tokens(builder: tfds.core.DatasetBuilder, config: ml_collections.ConfigDict) -> Served:
+    """'classification' of the expressions as `VOCAB` ids, `data.seq_len` long (at least the
+    builder config's longest expression)."""
+    max_length = builder.builder_config.max_length
+    if config.seq_len < max_length:
+        raise ValueError(
+            f"data.seq_len={config.seq_len} would truncate listops/{builder.builder_config.name} "
+            f"expressions of up to {max_length} tokens"
+        )
+    info = DataInfo(
+        kind="classification", features=representations.classification_features(config.seq_len),
+        vocab_size=len(VOCAB), pad_id=0, num_classes=10, seq_len=config.seq_len, vocab=VOCAB,
+        separator=" ",
+    )
+
+    def encode(record: dict) -> np.ndarray:
+        return info.encode(record["text"])
+
+    def open_split(source: Any, split: str, train: bool) -> RowSource:
+        return representations.TokenClassification(source, encode, config.label_key,
+                                                    config.seq_len)
+
+    return Served(info, open_split)
+
+
+SPEC = DatasetSpec(
+    builder=builder_of_configs(Listops), representations={"tokens": _tokens}, default="tokens"
+)

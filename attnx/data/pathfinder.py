@@ -6,8 +6,10 @@ path and 0 when they sit on ends of two different paths. As in Linsley et al. (2
 LRA uses, every image holds two long paths of `contour_length` dashes (the marked one(s)), both
 drawn the same way whatever the label, and shorter distractor paths; difficulty is the length of
 the long paths (LRA's `curv_baseline` = 6 dashes is 'easy', `curv_contour_length_14` is 'hard',
-the one LRA's Table 1 reports). The pipeline reads an image as `size * size` tokens in raster
-order, intensity + 1 (0 stays padding).
+the one LRA's Table 1 reports). The pipeline serves an image (`SPEC`, at the end of this module)
+as LRA's `size * size` tokens in raster order, intensity + 1 (0 stays padding;
+`data.representation='tokens'`, the default) or as the float image `[size, size, 1]` / 255
+(`'image'`).
 
 How an example is drawn (all lengths in units of size / 32, so every size shows the same scene):
 - A path is a chain of pieces, each a dash of `DASH` followed by a gap of `GAP` along a straight
@@ -43,8 +45,12 @@ import functools
 import math
 from collections.abc import Iterator
 
+import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
+
+from attnx.data import representations
+from attnx.data.spec import DatasetSpec, Served, builder_of_configs
 
 # Geometry in units of size / 32.
 DASH = 1.5
@@ -449,3 +455,23 @@ class Pathfinder(tfds.core.GeneratorBasedBuilder):
         for index in range(n):
             yield index, example(config.seed, split, index, int(labels[index]),
                                  image_size=config.image_size, difficulty=config.difficulty)
+
+
+def _tokens(builder: tfds.core.DatasetBuilder, config: ml_collections.ConfigDict) -> Served:
+    """LRA's pixel sequence: `representations.image_tokens`, `data.seq_len` at least the pixel
+    count."""
+    pixels = builder.builder_config.image_size**2
+    if config.seq_len < pixels:
+        raise ValueError(
+            f"data.seq_len={config.seq_len} would truncate pathfinder/"
+            f"{builder.builder_config.name} images of {pixels} pixels"
+        )
+    return representations.image_tokens(builder, config)
+
+
+# 'tokens' (LRA's pixel sequence) or 'image' (`[size, size, 1]` floats in [0, 1]).
+SPEC = DatasetSpec(
+    builder=builder_of_configs(Pathfinder),
+    representations={"tokens": _tokens, "image": representations.images},
+    default="tokens",
+)

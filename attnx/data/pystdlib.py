@@ -17,7 +17,11 @@ import platform
 import sysconfig
 from collections.abc import Iterator
 
+import ml_collections
 import tensorflow_datasets as tfds
+
+from attnx.data import representations
+from attnx.data.spec import DatasetSpec, check_no_builder_config
 
 # Percent buckets of sha256(relative path) mod 100: [0, 90) train, [90, 95) validation, rest test.
 _SPLIT_BUCKETS = (("train", 90), ("validation", 95), ("test", 100))
@@ -128,3 +132,15 @@ class Pystdlib(tfds.core.GeneratorBasedBuilder):
         for relative_path, path in files:
             with open(path, "rb") as f:
                 yield relative_path, {"text": f.read(), "path": relative_path}
+
+
+def _builder(config: ml_collections.ConfigDict) -> Pystdlib:
+    """The builder of the running Python's library (`data.builder_config` must be None)."""
+    check_no_builder_config(config, "pystdlib", "the running Python")
+    return Pystdlib(data_dir=config.data_dir)
+
+
+# Served as a byte-level LM (documents concatenated as they are).
+SPEC = DatasetSpec(
+    builder=_builder, representations={"tokens": representations.byte_lm(b"")}, default="tokens"
+)

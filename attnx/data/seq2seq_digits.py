@@ -11,8 +11,13 @@ from __future__ import annotations
 import dataclasses
 import random
 from collections.abc import Iterator
+from typing import Any
 
+import ml_collections
 import tensorflow_datasets as tfds
+
+from attnx.data import representations
+from attnx.data.spec import DataInfo, DatasetSpec, RowSource, Served, builder_of_configs
 
 DIGITS = tuple(str(d) for d in range(10))
 # Token ids: padding, decoder start, end of sequence, then the digits.
@@ -86,3 +91,36 @@ class Seq2seqDigits(tfds.core.GeneratorBasedBuilder):
 
     def _generate_examples(self, examples: list[dict]) -> Iterator[tuple[int, dict]]:
         yield from enumerate(examples)
+
+
+def _tokens(builder: tfds.core.DatasetBuilder, config: ml_collections.ConfigDict) -> Served:
+    """'seq2seq' over `VOCAB` ids: encoder length `data.seq_len`, decoder length
+    `data.target_len` (None: the longest target + EOS), both checked to fit the longest example."""
+    max_length = builder.builder_config.max_length
+    target_len = max_length + 1 if config.target_len is None else config.target_len
+    if config.seq_len < max_length:
+        raise ValueError(
+            f"data.seq_len={config.seq_len} is shorter than the longest "
+            f"seq2seq_digits/{builder.builder_config.name} input ({max_length} digits)"
+        )
+    if target_len < max_length + 1:
+        raise ValueError(
+            f"data.target_len={target_len} is shorter than the longest "
+            f"seq2seq_digits/{builder.builder_config.name} target + EOS ({max_length + 1})"
+        )
+    info = DataInfo(
+        kind="seq2seq", features=representations.seq2seq_features(config.seq_len, target_len),
+        vocab_size=len(VOCAB), pad_id=PAD_ID, seq_len=config.seq_len, target_len=target_len,
+        bos_id=BOS_ID, eos_id=EOS_ID, vocab=VOCAB,
+    )
+
+    def open_split(source: Any, split: str, train: bool) -> RowSource:
+        return representations.Seq2Seq(source, info)
+
+    return Served(info, open_split)
+
+
+SPEC = DatasetSpec(
+    builder=builder_of_configs(Seq2seqDigits), representations={"tokens": _tokens},
+    default="tokens",
+)

@@ -19,8 +19,12 @@ import os
 import re
 from collections.abc import Iterator
 
+import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
+
+from attnx.data import representations
+from attnx.data.spec import DatasetSpec, check_no_builder_config
 
 CHUNK_BYTES = 1 << 20
 # The fewest bytes that leave every split non-empty.
@@ -132,3 +136,21 @@ class Textfile(tfds.core.GeneratorBasedBuilder):
             with open(full, "rb") as f:
                 f.seek(offset)
                 yield key, {"text": f.read(size), "path": relative_path, "offset": offset}
+
+
+def _builder(config: ml_collections.ConfigDict) -> Textfile:
+    """The builder of `data.path` (`data.builder_config` must be None).
+
+    Raises:
+      ValueError: `data.path` is None, does not exist or holds too few bytes.
+    """
+    check_no_builder_config(config, "textfile", "data.path")
+    if config.path is None:
+        raise ValueError("data.path must name a file or directory for data.name='textfile'")
+    return Textfile(path=config.path, data_dir=config.data_dir)
+
+
+# Served as a byte-level LM (the pieces concatenated give the split's bytes back).
+SPEC = DatasetSpec(
+    builder=_builder, representations={"tokens": representations.byte_lm(b"")}, default="tokens"
+)
