@@ -24,16 +24,10 @@ from flax import nnx
 from attnx import config_lib, data, optim, tasks, train
 from attnx import state as state_lib
 from attnx.models import longformer, lstm
-from helpers import load_config, train_setup
+from helpers import fast_jit, load_config, train_setup
 
 MECHANISMS = ("dense", "flash", "local", "lsh", "longformer")
 VARIANTS = tuple(f"attention={m}" for m in MECHANISMS) + ("model=lstm",)
-
-
-def fast_jit(fn, *args):
-    """`jax.jit(fn)` compiled for `args` without XLA's backend optimizations: on CPU that halves
-    the compile time, which dominates these tests."""
-    return jax.jit(fn).lower(*args).compile({"xla_backend_optimization_level": 0})
 
 
 @pytest.fixture(scope="module")
