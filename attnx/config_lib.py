@@ -126,33 +126,22 @@ def transformer_model(name: str, **overrides: Any) -> ml_collections.ConfigDict:
 
 def attention_options(mechanism: str, seq_len: int, *,
                       causal: bool = False) -> ml_collections.ConfigDict:
-    """Default options of `mechanism` for attention over `seq_len` tokens (with [CLS], if any).
-
-    The settings every LRA comparison here uses, so that mechanisms differ in attention only:
-    - dense, flash: none.
-    - local: chunks of 64; each chunk sees the chunk before it and, unless causal, the one after.
-    - lsh: 2 hash rounds, chunks of 64 (seeing the chunk before), and n_buckets =
-      2 * ceil(seq_len / 64) (HF Reformer's recommendation, about 2 * seq_len / chunk_len: buckets
-      about half a chunk long).
-    - longformer: window 64 (one-sided: 129 keys), one global token per row (the [CLS]).
-    Any other registered mechanism gets no options.
+    """The registry's LRA preset of `mechanism` for attention over `seq_len` tokens (with [CLS],
+    if any): the settings every LRA comparison here uses, so that mechanisms differ in attention
+    only (`attnx/attention/registry.py` says what they are; none for dense and flash).
 
     Raises:
       ValueError: an unknown mechanism or a length below 1.
     """
-    registry.get(mechanism)
+    entry = registry.get(mechanism)
     if seq_len < 1:
         raise ValueError(f"seq_len must be >= 1, got {seq_len}")
-    chunk = 64
-    options: dict[str, Any] = {}
-    if mechanism == "local":
-        options = dict(chunk_len=chunk, chunks_before=1, chunks_after=0 if causal else 1)
-    elif mechanism == "lsh":
-        options = dict(n_hashes=2, n_buckets=2 * -(-seq_len // chunk), chunk_len=chunk,
-                       chunks_before=1, chunks_after=0)
-    elif mechanism == "longformer":
-        options = dict(window=chunk, max_global=1)
-    return ml_collections.ConfigDict(options)
+    return ml_collections.ConfigDict(entry.preset("lra", length=seq_len, causal=causal))
+
+
+def attention_dropout(mechanism: str, rate: float) -> float:
+    """`rate`, or 0.0 for a mechanism without attention dropout (its registry entry says)."""
+    return rate if registry.get(mechanism).supports_dropout else 0.0
 
 
 def lra_classifier(model: str, attention: str, seq_len: int,
@@ -160,8 +149,8 @@ def lra_classifier(model: str, attention: str, seq_len: int,
     """`config.model` of an LRA classifier over `seq_len` input tokens.
 
     `model='transformer'`: the encoder classifier with `attention` (any registry name) and its
-    `attention_options` defaults ('longformer' selects the `longformer_classifier` model, whose
-    [CLS] is global); `sizes` override `transformer_model`'s fields. `model='lstm'`: the
+    `attention_options` defaults (a mechanism with global tokens selects the
+    `longformer_classifier` model, whose [CLS] is global); `sizes` override `transformer_model`'s fields. `model='lstm'`: the
     `lstm_classifier` baseline (attention is ignored) as wide as the transformer would be
     (`d_model` of `sizes`), one bidirectional layer; `sizes` keys it does not take are dropped.
 
@@ -175,7 +164,8 @@ def lra_classifier(model: str, attention: str, seq_len: int,
             bidirectional=True, dropout_rate=sizes.get("dropout_rate", 0.0), pool="last"))
     if model != "transformer":
         raise ValueError(f"model must be 'transformer' or 'lstm', got {model!r}")
-    name = "longformer_classifier" if attention == "longformer" else "transformer_classifier"
+    with_globals = registry.get(attention).global_projections
+    name = "longformer_classifier" if with_globals else "transformer_classifier"
     return transformer_model(
         name, attention=attention,
         attention_options=attention_options(attention, seq_len + 1), max_len=seq_len + 1,

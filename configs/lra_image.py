@@ -38,7 +38,7 @@ def get_config(arg: str | None = None):
         steps_per_epoch = 45_000 // 256
         sizes = dict(d_model=32, num_heads=1, num_layers=1, d_ff=64, pool="cls",
                      positional="learned", dropout_rate=0.3,
-                     attention_dropout=0.0 if arg.attention == "flash" else 0.2)
+                     attention_dropout=config_lib.attention_dropout(arg.attention, 0.2))
         config_lib.set_schedule(config, steps=200 * steps_per_epoch, every=steps_per_epoch,
                                 warmup_steps=steps_per_epoch, batch_size=256,
                                 eval_batch_size=256)

@@ -45,7 +45,8 @@ def get_config(arg: str | None = None):
     if arg.lra:
         config.data.builder_config = f"{arg.size}_{arg.difficulty}"
         sizes = dict(d_model=128, num_heads=4, num_layers=1, d_ff=128, pool="mean",
-                     dropout_rate=0.2, attention_dropout=0.0 if arg.attention == "flash" else 0.1)
+                     dropout_rate=0.2,
+                     attention_dropout=config_lib.attention_dropout(arg.attention, 0.1))
         steps_per_epoch = 160_000 // 512
         config_lib.set_schedule(config, steps=200 * steps_per_epoch, every=steps_per_epoch,
                                 warmup_steps=steps_per_epoch, batch_size=512,

@@ -22,6 +22,7 @@ paper, batch 64 (an accelerator job).
 import ml_collections
 
 from attnx import config_lib
+from attnx.attention import registry
 from attnx.data import default_data_config
 
 _HASHES = {"lsh1": 1, "lsh2": 2, "lsh4": 4, "lsh8": 8}
@@ -59,8 +60,7 @@ def get_config(arg: str | None = None):
         name="reformer_lm", d_model=256, num_heads=4, d_ff=256,
         head_dim=ml_collections.FieldReference(None, field_type=int), attn_layers=("lsh",),
         lsh_options=ml_collections.ConfigDict(attention_options(arg.train, length)),
-        local_options=ml_collections.ConfigDict(dict(chunk_len=64, chunks_before=1,
-                                                     chunks_after=0)),
+        local_options=ml_collections.ConfigDict(registry.get("local").preset("reformer_lm")),
         eval_lsh_options=ml_collections.ConfigDict(eval_options),
         # A (1, length) grid makes the axial encoding a learned table of absolute positions: the
         # one layer must pair position t with t - length/2 + 1 through a symmetric shared-QK

@@ -15,6 +15,7 @@ chunks of 64, 2 hash rounds, 64 buckets, axial positions (64, 64); batch 1, 600 
 import ml_collections
 
 from attnx import config_lib
+from attnx.attention import registry
 from attnx.data import default_data_config
 
 
@@ -24,10 +25,8 @@ def reformer_model(**overrides) -> ml_collections.ConfigDict:
         name="reformer_lm", d_model=256, num_heads=4, d_ff=1024,
         head_dim=ml_collections.FieldReference(None, field_type=int),
         attn_layers=("local", "lsh", "local", "lsh"),
-        lsh_options=ml_collections.ConfigDict(dict(
-            n_hashes=2, n_buckets=64, chunk_len=64, chunks_before=1, chunks_after=0)),
-        local_options=ml_collections.ConfigDict(dict(chunk_len=64, chunks_before=1,
-                                                     chunks_after=0)),
+        lsh_options=ml_collections.ConfigDict(registry.get("lsh").preset("reformer_lm")),
+        local_options=ml_collections.ConfigDict(registry.get("local").preset("reformer_lm")),
         # Evaluation-time overrides of lsh_options; None = as in training.
         eval_lsh_options=ml_collections.ConfigDict({
             key: ml_collections.FieldReference(None, field_type=int)

@@ -15,6 +15,8 @@ from absl import app
 
 from attnx import bench
 from attnx.attention import registry
+from attnx.bench import measure, peers, report
+from attnx.bench import model as bench_model
 
 LENGTH = 32
 SHAPE = dict(heads=2, head_dim=16, repeats=1)
@@ -35,9 +37,9 @@ def run(tmp_path_factory):
     mechanisms = [registry.get(name) for name in registry.names()] + [MISSING]
     records, note = bench.run_mechanisms(mechanisms, [LENGTH], block=8, **SHAPE)
     out = tmp_path_factory.mktemp("bench")
-    environment = bench.environment_info(peers=False)
-    markdown = bench.to_markdown(records, repeats=1, environment=environment, peers_note=note)
-    bench.write_outputs(records, out, markdown=markdown, settings={"lengths": [LENGTH]},
+    environment = report.environment_info(peers=False)
+    markdown = report.to_markdown(records, repeats=1, environment=environment, peers_note=note)
+    report.write_outputs(records, out, markdown=markdown, settings={"lengths": [LENGTH]},
                         environment=environment)
     return records, out
 
@@ -69,23 +71,23 @@ def test_all_outputs_with_every_mechanism(run):
             assert cells == ["unavailable"]
             continue
         assert record["status"] == "measured"
-        for mode in bench.MODES:
+        for mode in measure.MODES:
             timing = record["timings"][mode]
             assert timing["status"] == "ok", (name, mode, timing["message"])
             assert 0 < timing["min_s"] <= timing["time_s"] and timing["compile_s"] > 0
             assert timing["steps_per_s"] == pytest.approx(1 / timing["time_s"], rel=1e-12)
             assert isinstance(timing["temp_bytes"], int) and timing["temp_bytes"] >= 0
-        assert cells[0].startswith(bench._fmt(1 / record["timings"]["fwd_bwd"]["time_s"]))
+        assert cells[0].startswith(measure.fmt(1 / record["timings"]["fwd_bwd"]["time_s"]))
     assert "no_such_module" in markdown  # the note says why "missing" is unavailable
 
 
 def test_options_table_defaults():
-    assert bench.bench_options("lsh", 1024) == {"chunk_len": 64, "n_hashes": 2, "n_buckets": 16}
-    assert bench.bench_options("lsh", 192)["n_buckets"] == 2  # 192 / 64 = 3, rounded down to even
-    assert bench.bench_options("local", 2048) == {"chunk_len": 64}
-    assert bench.bench_options("longformer", 4096) == {"window": 128}
-    assert bench.bench_options("flash", 8192) == {"implementation": "xla"}
-    assert bench.bench_options("dense", 1024) == {}
+    assert measure.bench_options(registry.get("lsh"), 1024) == {"chunk_len": 64, "n_hashes": 2, "n_buckets": 16}
+    assert measure.bench_options(registry.get("lsh"), 192)["n_buckets"] == 2  # 192 / 64 = 3, rounded down to even
+    assert measure.bench_options(registry.get("local"), 2048) == {"chunk_len": 64}
+    assert measure.bench_options(registry.get("longformer"), 4096) == {"window": 128}
+    assert measure.bench_options(registry.get("flash"), 8192) == {"implementation": "xla"}
+    assert measure.bench_options(registry.get("dense"), 1024) == {}
 
 
 def test_relative_columns_are_ratios_to_dense_of_the_same_run(run):
@@ -96,13 +98,13 @@ def test_relative_columns_are_ratios_to_dense_of_the_same_run(run):
     measured = [r for r in records if r["status"] == "measured"]
     assert len(measured) >= 2
     for record in measured:
-        for mode in bench.MODES:
+        for mode in measure.MODES:
             timing = record["timings"][mode]
             speedup = dense[mode]["time_s"] / timing["time_s"]
             assert timing["speedup_vs_dense"] == pytest.approx(speedup, rel=1e-12)
             memory = timing["temp_bytes"] / dense[mode]["temp_bytes"]
             assert timing["memory_vs_dense"] == pytest.approx(memory, rel=1e-12)
-            title = bench.MODE_TITLES[mode]
+            title = report.MODE_TITLES[mode]
             speed_cell = _row(markdown, f"{title.capitalize()}: steps/s", record["mechanism"])[0]
             assert speed_cell.endswith(f"({speedup:.2f}x)")
             memory_cell = _row(markdown, f"Temporary memory, {title}:", record["mechanism"])[0]
@@ -111,9 +113,9 @@ def test_relative_columns_are_ratios_to_dense_of_the_same_run(run):
 
 
 def _synthetic(name: str, length: int, fwd_s: float, temp: int, source: str = "attnx"):
-    record = bench.Record(name, source, length, 1, 1, 8, "float32", {})
-    record.timings = {mode: bench.Timing("ok", time_s=fwd_s * (1 + i), temp_bytes=temp)
-                      for i, mode in enumerate(bench.MODES)}
+    record = measure.Record(name, source, length, 1, 1, 8, "float32", {})
+    record.timings = {mode: measure.Timing("ok", time_s=fwd_s * (1 + i), temp_bytes=temp)
+                      for i, mode in enumerate(measure.MODES)}
     return record
 
 
@@ -121,8 +123,8 @@ def test_add_relative_pairs_rows_of_the_same_length():
     records = [_synthetic("dense", 16, 2.0, 400), _synthetic("dense", 32, 8.0, 1600),
                _synthetic("local", 16, 1.0, 100), _synthetic("local", 32, 2.0, 200),
                _synthetic("hf_local", 32, 4.0, 0, source="peer")]
-    records[0].timings["fwd"] = bench.Timing("oom-skip", temp_bytes=400, needed_bytes=500)
-    by_key = {(r.mechanism, r.length): r for r in bench.add_relative(records)}
+    records[0].timings["fwd"] = measure.Timing("oom-skip", temp_bytes=400, needed_bytes=500)
+    by_key = {(r.mechanism, r.length): r for r in report.add_relative(records)}
     local_32 = by_key["local", 32].timings
     assert local_32["fwd"].speedup_vs_dense == 4.0 and local_32["fwd"].memory_vs_dense == 0.125
     assert local_32["fwd_bwd"].speedup_vs_dense == 4.0
@@ -134,24 +136,24 @@ def test_add_relative_pairs_rows_of_the_same_length():
 
 
 def test_memory_skip_does_not_run(monkeypatch):
-    monkeypatch.setattr(bench, "available_memory_bytes", lambda device: 1024)
+    monkeypatch.setattr(measure, "available_memory_bytes", lambda device: 1024)
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("an executable that does not fit was run")
 
-    monkeypatch.setattr(bench, "_time_compiled", must_not_run)
-    record = bench.measure(registry.get("dense"), 64, **SHAPE)
+    monkeypatch.setattr(measure, "_time_compiled", must_not_run)
+    record = measure.measure(registry.get("dense"), 64, **SHAPE)
     for timing in record.timings.values():
         assert timing.status == "oom-skip" and timing.time_s is None
-        assert timing.needed_bytes > bench.MEMORY_FRACTION * 1024
+        assert timing.needed_bytes > measure.MEMORY_FRACTION * 1024
         assert timing.temp_bytes > 0 and "needs" in timing.message
-    markdown = bench.to_markdown(bench.add_relative([record]), repeats=1,
+    markdown = report.to_markdown(report.add_relative([record]), repeats=1,
                                  environment={"device": "cpu", "jax": "x"})
     assert "OOM-skip (needs" in _row(markdown, "Forward + backward: steps/s", "dense")[0]
 
 
 def test_trace_error_is_a_record_not_a_crash():
-    record = bench.measure(registry.get("dense"), 16, options={"no_such_option": 1}, **SHAPE)
+    record = measure.measure(registry.get("dense"), 16, options={"no_such_option": 1}, **SHAPE)
     for timing in record.timings.values():
         assert timing.status == "error" and "no_such_option" in timing.message
 
@@ -164,7 +166,7 @@ def test_invalid_arguments_raise_early():
     with pytest.raises(ValueError, match="repeats"):
         bench.run_mechanisms([registry.get("dense")], [16], repeats=0)
     with pytest.raises(ValueError, match="peer must be one of"):
-        bench.measure_peer("hf_bigbird", 16)
+        peers.measure_peer("hf_bigbird", 16)
 
 
 def test_peers_missing_is_said_and_the_run_goes_on(monkeypatch):
@@ -172,7 +174,7 @@ def test_peers_missing_is_said_and_the_run_goes_on(monkeypatch):
     records, note = bench.run_mechanisms([registry.get("dense")], [16], peers=True, **SHAPE)
     assert "torch" in note and "attnx[peers]" in note
     assert [r.source for r in records] == ["attnx"] and records[0].timings["fwd"].status == "ok"
-    markdown = bench.to_markdown(records, repeats=1, environment={"device": "cpu", "jax": "x"},
+    markdown = report.to_markdown(records, repeats=1, environment={"device": "cpu", "jax": "x"},
                                  peers_note=note)
     assert note in markdown[markdown.index("### Peers"):]
 
@@ -182,7 +184,7 @@ def test_peers_run_and_ratios():
     pytest.importorskip("transformers")
     length, block = 64, 8  # HF Longformer needs the length to be a multiple of 2 * window
     for peer, ours in (("hf_lsh", "lsh"), ("hf_local", "local"), ("hf_longformer", "longformer")):
-        record = bench.measure_peer(peer, length, options=bench.bench_options(ours, length, block),
+        record = peers.measure_peer(peer, length, options=measure.bench_options(registry.get(ours), length, block),
                                     **SHAPE)
         for timing in record.timings.values():
             assert timing.status == "ok" and timing.time_s > 0, (peer, timing.message)
@@ -190,10 +192,10 @@ def test_peers_run_and_ratios():
     assert note is None
     dense, sdpa = records
     assert (sdpa.mechanism, sdpa.source, dense.peer) == ("sdpa", "peer", "sdpa")
-    for mode in bench.MODES:
+    for mode in measure.MODES:
         ratio = dense.timings[mode].time_s / sdpa.timings[mode].time_s
         assert dense.timings[mode].vs_peer == pytest.approx(ratio, rel=1e-12)
-    markdown = bench.to_markdown(records, repeats=1, environment=bench.environment_info(True))
+    markdown = report.to_markdown(records, repeats=1, environment=report.environment_info(True))
     cell = _row(markdown, "Ours / peer time, forward + backward",
                 "dense vs torch scaled_dot_product_attention")[0]
     assert cell.startswith(f"{dense.timings['fwd_bwd'].vs_peer:.2f}x")
@@ -219,13 +221,11 @@ def test_command_line(tmp_path):
 def test_model_level_mode_reports_throughput_and_mfu(tmp_path):
     import json as json_lib
 
-    from attnx import bench as bench_cli
-    from attnx import bench_model
     from helpers import load_config
 
     config = load_config("transformer_lm", "smoke")
     config.data.data_dir = str(tmp_path / "tfds")
-    record = bench_cli.run_model(config, steps=2, out=str(tmp_path / "out"))
+    record = bench_model.run_model(config, steps=2, out=str(tmp_path / "out"))
     tokens = config.batch_size * config.data.seq_len
     assert record["tokens_per_s"] == pytest.approx(tokens / record["step_s"])
     assert 0.0 < record["mfu"] < 2.0
@@ -247,15 +247,13 @@ def test_model_level_mode_reports_throughput_and_mfu(tmp_path):
 def test_model_level_peer_is_hf_reformer_of_the_same_size(tmp_path):
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
-    from attnx import bench as bench_cli
-    from attnx import bench_model
     from helpers import load_config
 
     with pytest.raises(app.UsageError, match="reformer_lm"):
-        bench_cli.run_model(load_config("transformer_lm", "smoke"), steps=1, out=None, peers=True)
+        bench_model.run_model(load_config("transformer_lm", "smoke"), steps=1, out=None, peers=True)
     config = load_config("reformer_lm", "smoke")
     config.data.data_dir = str(tmp_path / "tfds")
-    record = bench_cli.run_model(config, steps=1, out=None, peers=True)
+    record = bench_model.run_model(config, steps=1, out=None, peers=True)
     peer = record["peer"]
     # Same architecture and sizes: the two models hold exactly as many parameters.
     assert peer["parameters"] == record["parameters"]

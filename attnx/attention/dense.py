@@ -10,11 +10,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-Array = jax.Array
+from attnx.attention import _common
+from attnx.attention._common import MASK_VALUE  # noqa: F401 (part of dense's API)
 
-# Logit given to masked pairs before the softmax. Finite, so that fully masked rows stay NaN-free;
-# those rows are zeroed explicitly afterwards.
-MASK_VALUE = -1e30
+Array = jax.Array
 
 
 def check_qkv(q: Array, k: Array, v: Array) -> None:
@@ -84,23 +83,14 @@ def attention_weights(
     logits = logits.astype(jnp.float32) * scale
     if bias is not None:
         logits = logits + bias.astype(jnp.float32)
-    full_mask = _full_mask(mask, causal, q.shape[1], k.shape[1])
-    if full_mask is None:
-        return jax.nn.softmax(logits, axis=-1)
-    logits = jnp.where(full_mask, logits, MASK_VALUE)
-    weights = jax.nn.softmax(logits, axis=-1)
-    row_has_key = jnp.any(full_mask, axis=-1, keepdims=True)
-    return jnp.where(row_has_key, weights, 0.0)
+    return _common.masked_softmax(logits, _full_mask(mask, causal, q.shape[1], k.shape[1]))
 
 
 def dropout_weights(weights: Array, rate: float, rng: jax.Array | None) -> Array:
     """Inverted dropout on attention weights; identity when `rate == 0`."""
+    _common.check_dropout(rate, rng)
     if rate == 0.0:
         return weights
-    if not 0.0 <= rate < 1.0:
-        raise ValueError(f"dropout_rate must be in [0, 1), got {rate}")
-    if rng is None:
-        raise ValueError("dropout_rng is required when dropout_rate > 0")
     keep = jax.random.bernoulli(rng, 1.0 - rate, weights.shape)
     return jnp.where(keep, weights / (1.0 - rate), 0.0)
 

@@ -28,7 +28,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pl_triton
 
-from attnx.attention import dense
+from attnx.attention import _common, dense
 
 Array = jax.Array
 Implementation = Literal["auto", "pallas", "xla"]
@@ -39,7 +39,7 @@ IMPLEMENTATIONS = ("auto", "pallas", "xla")
 # Masked logits are set to MASK_VALUE; the running max starts at half of it. A row that has seen
 # only masked keys therefore gets exp(scale * (MASK_VALUE - _M_INIT)) = 0 weight and keeps l = 0,
 # so fully masked rows come out as zeros without a separate select on the probabilities.
-_M_INIT = dense.MASK_VALUE / 2
+_M_INIT = _common.MASK_VALUE / 2
 # Smallest block Triton's dot accepts along any dimension.
 _MIN_PALLAS_BLOCK = 16
 _PRECISION = lax.Precision.HIGHEST  # exact float32 dots (no TF32 on GPU); no-op for bfloat16
@@ -81,7 +81,7 @@ def _block_mask(
 
 
 def _masked(s: Array, mask: Array | None) -> Array:
-    return s if mask is None else jnp.where(mask, s, dense.MASK_VALUE)
+    return s if mask is None else jnp.where(mask, s, _common.MASK_VALUE)
 
 
 def _online_softmax_step(
@@ -531,24 +531,10 @@ def _segment_pair(
 
 
 def _check_block(name: str, block: int, pallas: bool) -> None:
-    if not isinstance(block, int) or isinstance(block, bool) or block < 1:
-        raise ValueError(f"{name} must be a positive int, got {block!r}")
+    _common.check_int(name, block)
     if pallas and (block < _MIN_PALLAS_BLOCK or block & (block - 1)):
         raise ValueError(f"{name} must be a power of two >= {_MIN_PALLAS_BLOCK} for the Pallas "
                          f"(Triton) kernel, got {block}")
-
-
-def _pad_axis(x: Array, size: int, axis: int, value=0) -> Array:
-    """Pad `axis` of x at the end up to `size`."""
-    if x.shape[axis] == size:
-        return x
-    widths = [(0, 0)] * x.ndim
-    widths[axis] = (0, size - x.shape[axis])
-    return jnp.pad(x, widths, constant_values=value)
-
-
-def _round_up(x: int, multiple: int) -> int:
-    return -(-x // multiple) * multiple
 
 
 def flash_attention(
@@ -598,9 +584,7 @@ def flash_attention(
     dense.check_qkv(q, k, v)
     b, tq, n, h = q.shape
     tk, hv = k.shape[1], v.shape[-1]
-    if mask is not None and jnp.shape(mask) != (b, tk):
-        raise ValueError(f"mask must be a key padding mask [batch, kv_length] = {(b, tk)}, "
-                         f"got shape {jnp.shape(mask)}")
+    _common.check_key_padding_mask(mask, b, tk)
     segments = _segment_pair(segment_ids, b, tq, tk)
     if implementation == "auto":
         implementation = "pallas" if jax.default_backend() == "gpu" else "xla"
@@ -622,21 +606,21 @@ def flash_attention(
         interpret=jax.default_backend() == "cpu" if interpret is None else bool(interpret),
     )
 
-    tq_pad, tk_pad = _round_up(tq, block_q), _round_up(tk, block_k)
+    tq_pad, tk_pad = _common.round_up(tq, block_q), _common.round_up(tk, block_k)
     # Padded keys are masked through kv_valid; padded query rows are computed and dropped.
     kv_valid = None
     if mask is not None or tk_pad != tk:
         kv_valid = jnp.ones((b, tk), jnp.int32) if mask is None else jnp.asarray(mask, bool)
-        kv_valid = _pad_axis(kv_valid.astype(jnp.int32), tk_pad, axis=1)
+        kv_valid = _common.pad_axis(kv_valid.astype(jnp.int32), tk_pad, axis=1)
     q_seg = kv_seg = None
     if segments is not None:
-        q_seg, kv_seg = _pad_axis(segments[0], tq_pad, 1), _pad_axis(segments[1], tk_pad, 1)
-    q_p, k_p, v_p = _pad_axis(q, tq_pad, 1), _pad_axis(k, tk_pad, 1), _pad_axis(v, tk_pad, 1)
+        q_seg, kv_seg = _common.pad_axis(segments[0], tq_pad), _common.pad_axis(segments[1], tk_pad)
+    q_p, k_p, v_p = _common.pad_axis(q, tq_pad), _common.pad_axis(k, tk_pad), _common.pad_axis(v, tk_pad)
     if pallas:
         # Triton tiles need power-of-two head dims; zero columns change neither scores nor output.
         h_pad = max(_MIN_PALLAS_BLOCK, pl.next_power_of_2(h))
-        q_p, k_p = _pad_axis(q_p, h_pad, 3), _pad_axis(k_p, h_pad, 3)
-        v_p = _pad_axis(v_p, max(_MIN_PALLAS_BLOCK, pl.next_power_of_2(hv)), 3)
+        q_p, k_p = _common.pad_axis(q_p, h_pad, 3), _common.pad_axis(k_p, h_pad, 3)
+        v_p = _common.pad_axis(v_p, max(_MIN_PALLAS_BLOCK, pl.next_power_of_2(hv)), 3)
     out = _attention(q_p, k_p, v_p, (q_seg, kv_seg, kv_valid), st)
     return out[:, :tq, :, :hv]
 

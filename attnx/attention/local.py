@@ -13,7 +13,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from attnx.attention import dense
+from attnx.attention import _common, dense
 
 Array = jax.Array
 
@@ -31,14 +31,10 @@ def _check_local_args(
     if q.shape[1] != k.shape[1]:
         raise ValueError(
             f"local attention is self-attention: q and k lengths differ, {q.shape} vs {k.shape}")
-    for name, value, minimum in (("chunk_len", chunk_len, 1), ("chunks_before", chunks_before, 0),
-                                 ("chunks_after", chunks_after, 0)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-            raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    if mask is not None and tuple(mask.shape) != (q.shape[0], q.shape[1]):
-        raise ValueError(
-            f"mask must be a key padding mask [batch, length] = {q.shape[:2]}, got {mask.shape}"
-        )
+    _common.check_int("chunk_len", chunk_len, 1)
+    _common.check_int("chunks_before", chunks_before, 0)
+    _common.check_int("chunks_after", chunks_after, 0)
+    _common.check_key_padding_mask(mask, q.shape[0], q.shape[1])
 
 
 def local_attention(
@@ -69,24 +65,22 @@ def local_attention(
     """
     _check_local_args(q, k, v, chunk_len, chunks_before, chunks_after, mask)
     b, t, n, h = q.shape
-    groups, n_chunks = b * n, -(-t // chunk_len)
-    t_pad = n_chunks * chunk_len
-    window = chunks_before + 1 + chunks_after
+    t_pad = _common.round_up(t, chunk_len)
+    groups, n_chunks = b * n, t_pad // chunk_len
 
     # The attention runs on rank-3 arrays [G*C, L, ...] (G = B*N groups of C chunks): XLA:CPU
     # fuses multiply-reduce patterns of higher rank (with a leading 1) into very slow loops.
     def per_group(x: Array) -> Array:  # [B, T, N, ...] -> [G, T, ...]
         return jnp.swapaxes(x, 1, 2).reshape((groups, t) + x.shape[3:])
 
-    def chunks(x: Array, before: int = 0, after: int = 0) -> Array:
-        """[G, T, ...] -> [G, before + C + after, L, ...], zeros (False) in the added chunks."""
-        pad = [(0, 0), (before * chunk_len, t_pad - t + after * chunk_len)] + [(0, 0)] * (x.ndim - 2)
-        return jnp.pad(x, pad).reshape((x.shape[0], before + n_chunks + after, chunk_len) + x.shape[2:])
+    def chunks(x: Array) -> Array:
+        """[G, T, ...] -> [G, C, L, ...], zeros (False) in the internal padding."""
+        x = _common.pad_axis(x, t_pad)
+        return x.reshape((x.shape[0], n_chunks, chunk_len) + x.shape[2:])
 
     def neighbours(x: Array) -> Array:
         """[G, T, ...] -> [G*C, W*L, ...]: each chunk's window of keys, no wrap-around."""
-        x = chunks(x, chunks_before, chunks_after)
-        x = jnp.concatenate([x[:, o : o + n_chunks] for o in range(window)], axis=2)
+        x = _common.look_around(chunks(x), chunks_before, chunks_after, wrap=False)
         return x.reshape((-1,) + x.shape[2:])
 
     q_c = chunks(per_group(q)).reshape(-1, chunk_len, h)  # [G*C, L, H]
@@ -103,9 +97,7 @@ def local_attention(
         k_pos = neighbours(positions)  # [C, W*L]
         causal_ok = q_pos[:, :, None] >= k_pos[:, None, :]
         allowed = allowed & jnp.tile(causal_ok, (groups, 1, 1))
-    logits = jnp.where(allowed, logits, dense.MASK_VALUE)
-    weights = jax.nn.softmax(logits, axis=-1)
-    weights = jnp.where(jnp.any(allowed, axis=-1, keepdims=True), weights, 0.0)
+    weights = _common.masked_softmax(logits, allowed)
     weights = dense.dropout_weights(weights, dropout_rate, dropout_rng)
     out = jnp.einsum("cqk,ckh->cqh", weights.astype(v.dtype), v_w, preferred_element_type=jnp.float32)
     out = out.reshape(b, n, t_pad, v.shape[-1])[:, :, :t]

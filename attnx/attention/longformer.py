@@ -30,23 +30,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from attnx.attention import dense
+from attnx.attention import _common, dense
 
 Array = jax.Array
-
-
-def _check_positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    return int(value)
-
-
-def _check_mask(name: str, m: Array | None, batch: int, length: int) -> None:
-    if m is not None and tuple(m.shape) != (batch, length):
-        raise ValueError(
-            f"{name} must be a boolean [batch, length] = [{batch}, {length}] array, got shape "
-            f"{tuple(m.shape)}"
-        )
 
 
 def _first_globals(global_mask: Array, max_global: int) -> Array:
@@ -60,9 +46,7 @@ def _num_globals(global_mask: Array | None, max_global: int | None) -> int:
     if global_mask is None:
         return 0
     if max_global is not None:
-        if (isinstance(max_global, bool) or not isinstance(max_global, (int, np.integer))
-                or max_global < 0):
-            raise ValueError(f"max_global must be an integer >= 0, got {max_global!r}")
+        _common.check_int("max_global", max_global, 0)
     try:
         counts = np.asarray(global_mask).astype(bool).sum(axis=1)
     except jax.errors.TracerArrayConversionError:
@@ -165,7 +149,7 @@ def _chunk_inputs(
 def _masked_logits(q: Array, k: Array, mask: Array) -> Array:
     scale = q.shape[-1] ** -0.5
     logits = jnp.einsum("...qh,...kh->...qk", q, k, preferred_element_type=jnp.float32) * scale
-    return jnp.where(mask, logits, dense.MASK_VALUE)
+    return jnp.where(mask, logits, _common.MASK_VALUE)
 
 
 def _dropout_factor(
@@ -373,17 +357,17 @@ def sliding_window_attention(
       `[B, T, N, H]` in q's dtype; a row whose keys are all masked is zero.
     """
     dense.check_qkv(q, k, v)
-    window = _check_positive_int("window", window)
-    dilation = _check_positive_int("dilation", dilation)
+    window = _common.check_int("window", window)
+    dilation = _common.check_int("dilation", dilation)
     if block_size is not None:
-        block_size = _check_positive_int("block_size", block_size)
+        block_size = _common.check_int("block_size", block_size)
     b, t, n, h = q.shape
     if k.shape[1] != t:
         raise ValueError(
             f"sliding-window attention is self-attention: q has length {t}, k {k.shape[1]}"
         )
-    _check_mask("mask", mask, b, t)
-    _check_mask("global_mask", global_mask, b, t)
+    _common.check_key_padding_mask(mask, b, t)
+    _common.check_key_padding_mask(global_mask, b, t, "global_mask")
     if global_qkv is not None:
         if global_mask is None:
             raise ValueError("global_qkv was given without global_mask")
@@ -392,10 +376,7 @@ def sliding_window_attention(
                 f"global_qkv must be (qg, kg, vg), each of q's shape {q.shape}, got "
                 f"{[getattr(x, 'shape', x) for x in global_qkv]}"
             )
-    if not 0.0 <= dropout_rate < 1.0:
-        raise ValueError(f"dropout_rate must be in [0, 1), got {dropout_rate}")
-    if dropout_rate > 0.0 and dropout_rng is None:
-        raise ValueError("dropout_rng is required when dropout_rate > 0")
+    _common.check_dropout(dropout_rate, dropout_rng)
     g = _num_globals(global_mask, max_global)
 
     key_mask = jnp.ones((b, t), bool) if mask is None else mask.astype(bool)
@@ -454,11 +435,11 @@ def pattern(
     (|i - j| <= window * dilation and dilation divides i - j) or global[i] or global[j], and'ed with
     the key padding `mask` `[B, T]` and, when causal, j <= i.
     """
-    window = _check_positive_int("window", window)
-    dilation = _check_positive_int("dilation", dilation)
+    window = _common.check_int("window", window)
+    dilation = _common.check_int("dilation", dilation)
     b, t, n, _ = q.shape
-    _check_mask("mask", mask, b, t)
-    _check_mask("global_mask", global_mask, b, t)
+    _common.check_key_padding_mask(mask, b, t)
+    _common.check_key_padding_mask(global_mask, b, t, "global_mask")
     diff = np.arange(t)[:, None] - np.arange(t)[None, :]
     allowed = jnp.asarray((np.abs(diff) <= window * dilation) & (diff % dilation == 0))[None]
     if global_mask is not None:
@@ -471,3 +452,38 @@ def pattern(
     if causal:
         allowed = allowed & jnp.asarray(diff >= 0)
     return jnp.broadcast_to(allowed[:, None], (b, n, t, t))
+
+
+def reference(
+    q: Array,
+    k: Array,
+    v: Array,
+    *,
+    window: int,
+    dilation: int = 1,
+    global_mask: Array | None = None,
+    global_qkv: tuple[Array, Array, Array] | None = None,
+    causal: bool = False,
+    mask: Array | None = None,
+    max_global: int | None = None,
+    **unused_options,
+) -> Array:
+    """`sliding_window_attention` as dense attentions over `[B, N, T, T]`, for tests.
+
+    Rows of ordinary tokens: `dense.attention(q, k, v, mask=pattern)`. Rows of global tokens (the
+    first `max_global` marked ones of each row), when `global_qkv=(qg, kg, vg)` is given: qg
+    against all of kg, averaging vg, over the real keys (and, when causal, the earlier ones).
+    Arguments as in `sliding_window_attention`; returns `[B, T, N, H]`.
+    """
+    del unused_options
+    allowed = pattern(q, k, mask=mask, causal=causal, window=window, dilation=dilation,
+                      global_mask=global_mask, max_global=max_global)
+    out = dense.attention(q, k, v, mask=allowed)
+    if global_mask is None or global_qkv is None:
+        return out
+    is_global = global_mask.astype(bool)
+    if max_global is not None:
+        is_global = _first_globals(is_global, max_global)
+    key_mask = None if mask is None else dense.key_padding_pattern(mask)
+    rows = dense.attention(*global_qkv, mask=key_mask, causal=causal)
+    return jnp.where(is_global[:, :, None, None], rows, out)

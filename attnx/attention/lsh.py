@@ -33,7 +33,7 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
-from attnx.attention import dense
+from attnx.attention import _common, dense
 
 Array = jax.Array
 
@@ -55,18 +55,6 @@ def _bucket_factors(n_buckets: int | Sequence[int]) -> tuple[int, ...]:
             f"got {n_buckets!r}"
         )
     return factors
-
-
-def _check_int_at_least(name: str, value: int, minimum: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-
-
-def _check_key_mask(mask: Array | None, batch: int, length: int) -> None:
-    if mask is not None and tuple(mask.shape) != (batch, length):
-        raise ValueError(
-            f"mask must be a key padding mask [batch, length] = {(batch, length)}, got {mask.shape}"
-        )
 
 
 def rotations_shape(
@@ -111,11 +99,11 @@ def hash_vectors(
     extra bucket `n_buckets` and the round offset becomes `r * (n_buckets + 1)`.
     """
     factors = _bucket_factors(n_buckets)
-    _check_int_at_least("n_hashes", n_hashes, 1)
+    _common.check_int("n_hashes", n_hashes, 1)
     if qk.ndim != 4:
         raise ValueError(f"qk must be [batch, length, heads, head_dim], got shape {qk.shape}")
     b, t, n, h = qk.shape
-    _check_key_mask(mask, b, t)
+    _common.check_key_padding_mask(mask, b, t)
     expected = rotations_shape(n, h, n_hashes, factors)
     if rotations is None:
         if rng is None:
@@ -193,15 +181,6 @@ def _unsort_tokens_bwd(order_rt: Array, g: Array) -> tuple[Array, None, None]:
 _unsort_tokens.defvjp(_unsort_tokens_fwd, _unsort_tokens_bwd)
 
 
-def _look_adjacent(x: Array, before: int, after: int) -> Array:
-    """Chunks `[G, C, L, ...]` -> each chunk with its neighbours, wrapping around.
-
-    Returns `[G, C, (before + 1 + after) * L, ...]`: chunks c - before, ..., c + after.
-    """
-    parts = [jnp.roll(x, -offset, axis=1) for offset in range(-before, after + 1)]
-    return jnp.concatenate(parts, axis=2)
-
-
 def _window_multiplicity(delta: Array, n_chunks: int, before: int, after: int) -> Array:
     """How many neighbour offsets o in [-after, before] satisfy o = delta (mod n_chunks).
 
@@ -247,19 +226,13 @@ def _pad_to_chunks(
     The added positions are masked keys in a bucket after every real one.
     """
     t = buckets.shape[-1]
-    t_pad = -(-t // chunk_len) * chunk_len
+    t_pad = _common.round_up(t, chunk_len)
     if t_pad == t:
         return mask, buckets, t
-    extra = t_pad - t
     real = jnp.ones((buckets.shape[0], t), bool) if mask is None else mask.astype(bool)
-    mask = jnp.pad(real, ((0, 0), (0, extra)), constant_values=False)
-    buckets = jnp.pad(buckets, ((0, 0), (0, 0), (0, 0), (0, extra)), constant_values=_PAD_BUCKET)
+    mask = _common.pad_axis(real, t_pad, axis=1, value=False)
+    buckets = _common.pad_axis(buckets, t_pad, axis=3, value=_PAD_BUCKET)
     return mask, buckets, t_pad
-
-
-def _pad_length(x: Array, length: int) -> Array:
-    """Zero-pad axis 1 of `[B, T, ...]` to `length`."""
-    return jnp.pad(x, [(0, 0), (0, length - x.shape[1])] + [(0, 0)] * (x.ndim - 2))
 
 
 def _sort_by_bucket(buckets: Array, n_buckets_total: int) -> tuple[Array, Array, Array]:
@@ -304,13 +277,13 @@ def _check_lsh_args(
     if qk.shape[1] != v.shape[1]:
         raise ValueError(f"qk and v must have the same length: qk {qk.shape}, v {v.shape}")
     _bucket_factors(n_buckets)
-    _check_int_at_least("n_hashes", n_hashes, 1)
-    _check_int_at_least("chunk_len", chunk_len, 1)
-    _check_int_at_least("chunks_before", chunks_before, 0)
-    _check_int_at_least("chunks_after", chunks_after, 0)
+    _common.check_int("n_hashes", n_hashes, 1)
+    _common.check_int("chunk_len", chunk_len, 1)
+    _common.check_int("chunks_before", chunks_before, 0)
+    _common.check_int("chunks_after", chunks_after, 0)
     b, t, n, h = qk.shape
-    _check_key_mask(mask, b, t)
-    t_pad = -(-t // chunk_len) * chunk_len
+    _common.check_key_padding_mask(mask, b, t)
+    t_pad = _common.round_up(t, chunk_len)
     if (math.prod(_bucket_factors(n_buckets)) + 2) * t_pad >= 2**31:
         raise ValueError(
             f"n_buckets * length must stay below 2**31 (int32 sort keys), got n_buckets={n_buckets!r} "
@@ -467,10 +440,10 @@ def _lsh_attend(
         return x.reshape((groups * n_chunks,) + x.shape[2:])
 
     def adjacent(x: Array) -> Array:  # [G, C, L, ...] -> [G*C, W*L, ...]
-        return flat(_look_adjacent(x, chunks_before, chunks_after))
+        return flat(_common.look_around(x, chunks_before, chunks_after, wrap=True))
 
     # qk and v travel together through one gather: [B, N, T, 2H] -> sorted [B, N, R*T, 2H].
-    qkv = _pad_length(jnp.concatenate([qk, v.astype(qk.dtype)], axis=-1), t_pad).transpose(0, 2, 1, 3)
+    qkv = _common.pad_axis(jnp.concatenate([qk, v.astype(qk.dtype)], axis=-1), t_pad).transpose(0, 2, 1, 3)
     qkv = flat(to_chunks(_sort_tokens(qkv, order, slot, n_hashes)))  # [G*C, L, 2H]
     q = qkv[..., :h]
     k = (q * _key_scale(q)[..., None]).astype(q.dtype)
@@ -539,14 +512,39 @@ def _entry_counts(
     shape = (b * n, n_chunks, chunk_len, n_hashes)
     locs = _chunk_locations(slot, n_hashes, chunk_len)  # [B, N, T, R]
     q_loc = jnp.take_along_axis(locs, order[..., None], axis=2).reshape(shape)
-    k_loc = _look_adjacent(q_loc, chunks_before, chunks_after)
+    k_loc = _common.look_around(q_loc, chunks_before, chunks_after, wrap=True)
     q_bucket = k_bucket = None
     if not attend_across_buckets:
         token_buckets = jnp.swapaxes(buckets, 2, 3)  # [B, N, T, R]
         q_bucket = jnp.take_along_axis(token_buckets, order[..., None], axis=2).reshape(shape)
-        k_bucket = _look_adjacent(q_bucket, chunks_before, chunks_after)
+        k_bucket = _common.look_around(q_bucket, chunks_before, chunks_after, wrap=True)
     counts = _pair_counts(q_loc, k_loc, q_bucket, k_bucket, n_chunks, chunks_before, chunks_after)
     return jnp.maximum(counts, 1).astype(jnp.float32).reshape((b * n * n_chunks,) + counts.shape[2:])
+
+
+def _dense_pair_counts(
+    buckets: Array,
+    mask: Array | None,
+    *,
+    n_buckets: int | Sequence[int],
+    chunk_len: int,
+    chunks_before: int,
+    chunks_after: int,
+    attend_across_buckets: bool,
+) -> Array:
+    """Entries of every (query, key) pair over all rounds' windows, int32 `[B, N, T, T]`.
+
+    buckets `[B, N, R, T]` from `hash_vectors`; with attend_across_buckets=False only entries of
+    the query's own bucket count. Uses O(T^2) memory: for `pattern` and `reference`.
+    """
+    n_hashes, t = buckets.shape[2], buckets.shape[3]
+    _, padded_buckets, t_pad = _pad_to_chunks(mask, buckets.astype(jnp.int32), chunk_len)
+    _, _, slot = _sort_by_bucket(padded_buckets, math.prod(_bucket_factors(n_buckets)))
+    locs = _chunk_locations(slot, n_hashes, chunk_len)  # [B, N, T, R]
+    token_buckets = None if attend_across_buckets else jnp.swapaxes(padded_buckets, 2, 3)
+    counts = _pair_counts(locs, locs, token_buckets, token_buckets,
+                          n_hashes * t_pad // chunk_len, chunks_before, chunks_after)
+    return counts[:, :, :t, :t]
 
 
 def pattern(
@@ -579,16 +577,62 @@ def pattern(
         chunks_after=chunks_after, mask=mask, rng=rng, rotations=rotations, buckets=buckets,
     )
     t = q.shape[1]
-    key_mask, padded_buckets, t_pad = _pad_to_chunks(mask, buckets.astype(jnp.int32), chunk_len)
-    _, _, slot = _sort_by_bucket(padded_buckets, math.prod(_bucket_factors(n_buckets)))
-    locs = _chunk_locations(slot, n_hashes, chunk_len)  # [B, N, T, R]
-    token_buckets = None if attend_across_buckets else jnp.swapaxes(padded_buckets, 2, 3)
-    counts = _pair_counts(locs, locs, token_buckets, token_buckets,
-                          n_hashes * t_pad // chunk_len, chunks_before, chunks_after)
-    attended = counts > 0
-    if key_mask is not None:
-        attended = attended & key_mask[:, None, None, :]
+    attended = _dense_pair_counts(
+        buckets, mask, n_buckets=n_buckets, chunk_len=chunk_len, chunks_before=chunks_before,
+        chunks_after=chunks_after, attend_across_buckets=attend_across_buckets) > 0
+    if mask is not None:
+        attended = attended & mask.astype(bool)[:, None, None, :]
     if causal:
-        attended = attended & dense.causal_pattern(t_pad, t_pad)
-    attended = attended | jnp.eye(t_pad, dtype=bool)
-    return attended[:, :, :t, :t]
+        attended = attended & dense.causal_pattern(t, t)
+    return attended | jnp.eye(t, dtype=bool)
+
+
+def reference(
+    qk: Array,
+    v: Array,
+    *,
+    n_hashes: int,
+    n_buckets: int | Sequence[int],
+    chunk_len: int,
+    chunks_before: int = 1,
+    chunks_after: int = 0,
+    causal: bool = False,
+    mask: Array | None = None,
+    rng: jax.Array | None = None,
+    rotations: Array | None = None,
+    attend_across_buckets: bool = True,
+    allow_duplicate_attention: bool = True,
+    buckets: Array | None = None,
+    **unused_options,
+) -> Array:
+    """`lsh_attention` written as one dense softmax over `[B, N, T, T]` logits, for tests.
+
+    Combining the rounds by softmax over their log-sum-exps is one softmax over every entry of
+    every round, so a pair with c entries (over all rounds and window slots) weighs
+    c * exp(logit), or exp(logit) once without duplicates. Logits are qk against the
+    unit-normalised qk / sqrt(head_dim), -1e9 for keys excluded by padding or causality and -1e5
+    for a token's own pair. Arguments as in `lsh_attention`; returns `[B, T, N, Hv]`.
+    """
+    del unused_options
+    buckets = _checked_buckets(
+        qk, v, n_hashes=n_hashes, n_buckets=n_buckets, chunk_len=chunk_len,
+        chunks_before=chunks_before, chunks_after=chunks_after, mask=mask, rng=rng,
+        rotations=rotations, buckets=buckets,
+    )
+    entries = _dense_pair_counts(
+        buckets, mask, n_buckets=n_buckets, chunk_len=chunk_len, chunks_before=chunks_before,
+        chunks_after=chunks_after, attend_across_buckets=attend_across_buckets)
+    if not allow_duplicate_attention:
+        entries = jnp.minimum(entries, 1)
+    t, h = qk.shape[1], qk.shape[-1]
+    x = qk.astype(jnp.float32)
+    keys = x / jnp.sqrt(jnp.mean(x * x, axis=-1, keepdims=True) + 1e-6) / math.sqrt(h)
+    logits = jnp.einsum("bqnh,bknh->bnqk", x, keys)
+    valid = jnp.ones((t, t), bool) if mask is None else mask.astype(bool)[:, None, None, :]
+    if causal:
+        valid = valid & dense.causal_pattern(t, t)
+    logits = jnp.where(valid, logits, MASKED_LOGIT)
+    logits = jnp.where(jnp.eye(t, dtype=bool), SELF_LOGIT, logits)
+    logits = logits + jnp.log(jnp.maximum(entries, 1).astype(jnp.float32))
+    weights = _common.masked_softmax(logits, entries > 0)
+    return jnp.einsum("bnqk,bknh->bqnh", weights, v.astype(jnp.float32)).astype(qk.dtype)

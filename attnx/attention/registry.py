@@ -1,20 +1,81 @@
 """Attention mechanisms by name, so that a config can say `attention='lsh'`.
 
-Each entry says where the mechanism's function and dense-pattern function live and what the Flax
-module must hand it: a shared query-key projection or separate ones, a full mask or only a key
-padding mask, an RNG for hashing. Adding a mechanism is one new file and one line in `_MECHANISMS`.
+A registry entry is everything the rest of attnx knows about a mechanism: where its function, dense
+pattern and (where it is not a masked dense attention) reference function live; its layout and mask
+kind; its capabilities (dropout, bias, key/value cache, shared QK, global tokens, causal, Tq != Tk);
+the options it takes and their presets (the settings of one context: LRA, the benchmark, the
+Reformer LM); small example inputs for tests; and the attention cost per query that model FLOP
+counts use. Nothing outside this file compares a mechanism's name. Adding a mechanism is one new
+file and one entry in `_MECHANISMS`; `tests/test_contract.py` then checks it against its pattern
+(or reference) from the entry alone.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib
-from typing import Any, Callable
+import inspect
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+# Array layouts. 'sequence': q `[B, Tq, N, H]`, k and v `[B, Tk, N, H]` (BTNH).
+LAYOUTS = ("sequence",)
+# 'key_padding': the mask argument is `[B, Tk]` (True = real token); 'full': any boolean mask
+# broadcastable to `[B, N, Tq, Tk]` (True = may attend).
+MASK_KINDS = ("key_padding", "full")
+# Named option presets: the settings each context uses (see `Mechanism.preset`).
+PRESETS = ("lra", "bench", "reformer_lm")
+
+# Preset function: (length or None, causal, block) -> options.
+Preset = Callable[[int | None, bool, int], dict[str, Any]]
+# Attention cost: (options with the function's defaults filled in, length, causal) -> keys/query.
+KeysPerQuery = Callable[[Mapping[str, Any], int, bool], float]
+
+
+def _all_keys(options: Mapping[str, Any], length: int, causal: bool) -> float:
+    """Every key (half of them on average when causal)."""
+    return length / 2 if causal else length
+
+
+def _chunk_window(options: Mapping[str, Any]) -> int:
+    """Keys of a chunk and its neighbouring chunks."""
+    return options["chunk_len"] * (1 + options["chunks_before"] + options["chunks_after"])
+
+
+def _needs_length(length: int | None, preset: str) -> int:
+    if length is None:
+        raise ValueError(f"preset {preset!r} depends on the sequence length: pass length=")
+    return length
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+    """Small random inputs of one mechanism (`Mechanism.example`).
+
+    Attributes:
+      q: `[B, Tq, N, H]` queries (the shared qk for shared-QK mechanisms).
+      k: `[B, Tk, N, H]` keys (q itself for shared-QK mechanisms).
+      v: `[B, Tk, N, H]` values.
+      key_mask: `[B, Tk]` bool, True = real token; the last keys of row 1 are padding.
+      options: mechanism options that fit these shapes.
+      inputs: further keyword inputs the function needs (`rng`, `global_mask`, `global_qkv`).
+    """
+
+    q: Array
+    k: Array
+    v: Array
+    key_mask: Array
+    options: dict[str, Any]
+    inputs: dict[str, Any]
 
 
 @dataclasses.dataclass(frozen=True)
 class Mechanism:
-    """How to call one attention mechanism.
+    """One attention mechanism: how to call it, what it can do, and its settings.
 
     Attributes:
       name: registry name.
@@ -23,23 +84,69 @@ class Mechanism:
         (or `fn(qk, v, ...)` when `shared_qk`), returning `[B, Tq, N, H]`.
       pattern_function: name of `pattern(q, k, *, mask, causal, **options)` returning the boolean
         `[B, N, Tq, Tk]` pattern the mechanism implements (for tests and attention-map images).
+      reference_function: for mechanisms that are not a masked dense attention, the name of a
+        plainly written function with `function`'s signature that the contract test compares
+        against instead of `dense.attention(q, k, v, mask=pattern)`; None otherwise.
+      layout: one of LAYOUTS.
+      mask_kind: one of MASK_KINDS.
+      options: names of the keyword options a config may set (`model.attention_options`).
+      presets: preset name (in PRESETS) -> `(length, causal, block) -> options`; a preset the entry
+        does not list means the function's own defaults.
+      example_options: options for the small shapes of `example` (length 20).
+      keys_per_query: the attention cost per query, in keys, for model FLOP counts.
       shared_qk: queries and keys share one projection; the function takes `(qk, v)`.
-      key_padding_mask: the mask argument is a key padding mask `[B, Tk]`, not a full pattern.
       needs_rng: the function takes `rng=` (e.g. random rotations for hashing).
-      supports_bias: the function takes an additive logit `bias=`.
       global_projections: the function takes `global_mask=` `[B, T]` and
         `global_qkv=(qg, kg, vg)`, the separate projections of global tokens' rows (Longformer).
+      supports_dropout: attention dropout (`dropout_rate > 0`) is implemented.
+      supports_bias: the function takes an additive logit `bias=` `[B, N, Tq, Tk]`.
+      supports_cache: incremental decoding over a key/value cache (a full mask, Tq != Tk).
+      supports_causal: `causal=True` is implemented.
+      supports_cross_length: queries and keys may differ in length (Tq != Tk).
+      zero_masked_rows: a query with no key to attend returns zeros (LSH: a token with no other
+        key attends to itself, and outputs at padded queries are unspecified).
     """
 
     name: str
     module: str
     function: str
     pattern_function: str
+    reference_function: str | None = None
+    layout: str = "sequence"
+    mask_kind: str = "key_padding"
+    options: tuple[str, ...] = ()
+    presets: Mapping[str, Preset] = dataclasses.field(default_factory=dict)
+    example_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    keys_per_query: KeysPerQuery = _all_keys
     shared_qk: bool = False
-    key_padding_mask: bool = True
     needs_rng: bool = False
-    supports_bias: bool = False
     global_projections: bool = False
+    supports_dropout: bool = True
+    supports_bias: bool = False
+    supports_cache: bool = False
+    supports_causal: bool = True
+    supports_cross_length: bool = False
+    zero_masked_rows: bool = True
+
+    def __post_init__(self):
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"mechanism {self.name!r}: layout must be one of {LAYOUTS}, "
+                             f"got {self.layout!r}")
+        if self.mask_kind not in MASK_KINDS:
+            raise ValueError(f"mechanism {self.name!r}: mask_kind must be one of {MASK_KINDS}, "
+                             f"got {self.mask_kind!r}")
+        unknown = sorted(set(self.presets) - set(PRESETS))
+        if unknown:
+            raise ValueError(f"mechanism {self.name!r}: unknown presets {unknown}; "
+                             f"known presets: {', '.join(PRESETS)}")
+        if self.supports_cache and not (self.mask_kind == "full" and self.supports_cross_length):
+            raise ValueError(f"mechanism {self.name!r}: a key/value cache needs mask_kind 'full' "
+                             "and supports_cross_length")
+
+    @property
+    def key_padding_mask(self) -> bool:
+        """The mask argument is a key padding mask `[B, Tk]`, not a full pattern."""
+        return self.mask_kind == "key_padding"
 
     @property
     def fn(self) -> Callable[..., Any]:
@@ -49,18 +156,152 @@ class Mechanism:
     def pattern_fn(self) -> Callable[..., Any]:
         return getattr(importlib.import_module(self.module), self.pattern_function)
 
+    @property
+    def reference_fn(self) -> Callable[..., Any] | None:
+        if self.reference_function is None:
+            return None
+        return getattr(importlib.import_module(self.module), self.reference_function)
+
+    def option_defaults(self) -> dict[str, Any]:
+        """The defaults `fn` gives its options; required options (no default) are absent."""
+        parameters = inspect.signature(self.fn).parameters
+        return {name: parameters[name].default for name in self.options
+                if parameters[name].default is not inspect.Parameter.empty}
+
+    def check_options(self, options: Mapping[str, Any]) -> None:
+        """ValueError naming the unknown or missing options, and listing the valid ones."""
+        unknown = sorted(set(options) - set(self.options))
+        valid = ", ".join(self.options) or "none"
+        if unknown:
+            raise ValueError(f"attention options {unknown} are not options of mechanism "
+                             f"{self.name!r}; its options: {valid}")
+        missing = [name for name in self.options
+                   if name not in options and name not in self.option_defaults()]
+        if missing:
+            raise ValueError(f"mechanism {self.name!r} needs the attention options {missing} "
+                             f"(its options: {valid})")
+
+    def preset(self, preset: str, *, length: int | None = None, causal: bool = False,
+               block: int = 64) -> dict[str, Any]:
+        """The options of preset `preset` (one of PRESETS) for attention over `length` tokens.
+
+        `block` is the chunk/block length presets scale from (64 unless a benchmark says
+        otherwise). A preset this entry does not list is `{}`: the function's defaults.
+        """
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; known presets: {', '.join(PRESETS)}")
+        make = self.presets.get(preset)
+        return {} if make is None else make(length, causal, block)
+
+    def attention_keys(self, options: Mapping[str, Any], length: int, causal: bool) -> float:
+        """Keys one query attends to with these options (the function's defaults filled in)."""
+        return self.keys_per_query({**self.option_defaults(), **options}, length, causal)
+
+    def mask_argument(self, key_mask: Array) -> Array:
+        """A key padding mask `[B, Tk]` in this mechanism's mask kind."""
+        if self.key_padding_mask:
+            return key_mask
+        return key_mask.astype(bool)[:, None, None, :]
+
+    def operands(self, q: Array, k: Array, v: Array) -> tuple[Array, ...]:
+        """The positional arguments of `fn`: `(q, v)` for shared-QK mechanisms, else `(q, k, v)`."""
+        return (q, v) if self.shared_qk else (q, k, v)
+
+    def example(self, rng: Array, *, batch: int = 2, length: int = 20,
+                kv_length: int | None = None, heads: int = 2, head_dim: int = 8,
+                dtype: Any = jnp.float32) -> Example:
+        """Random inputs `[batch, length, heads, head_dim]` (keys of `kv_length`, default
+        `length`) with `example_options`; the last 5 keys of row 1 are padding. Global tokens
+        (`global_projections`): tokens 0 and 7 of row 0 and 3 of row 1, with random global_qkv."""
+        kv_length = length if kv_length is None else kv_length
+        if self.layout != "sequence":
+            raise ValueError(f"no example inputs for layout {self.layout!r}")
+        keys = jax.random.split(rng, 8)
+        q_shape, kv_shape = (batch, length, heads, head_dim), (batch, kv_length, heads, head_dim)
+        q = jax.random.normal(keys[0], q_shape, dtype)
+        k = q if self.shared_qk else jax.random.normal(keys[1], kv_shape, dtype)
+        v = jax.random.normal(keys[2], kv_shape, dtype)
+        key_mask = jnp.ones((batch, kv_length), bool).at[1, kv_length - 5:].set(False)
+        inputs: dict[str, Any] = {}
+        if self.needs_rng:
+            inputs["rng"] = keys[3]
+        if self.global_projections:
+            inputs["global_mask"] = jnp.zeros((batch, length), bool).at[0, [0, 7]].set(True).at[
+                1, 3].set(True)
+            inputs["global_qkv"] = tuple(jax.random.normal(key, q_shape, dtype)
+                                         for key in keys[4:7])
+        return Example(q, k, v, key_mask, dict(self.example_options), inputs)
+
+
+def _lsh_bench(length: int | None, causal: bool, block: int) -> dict[str, Any]:
+    """LSH chunks of `block`, 2 rounds, about length / block buckets (even, >= 2)."""
+    length = _needs_length(length, "bench")
+    return {"chunk_len": block, "n_hashes": 2, "n_buckets": max(2, 2 * (length // block // 2))}
+
+
+def _lsh_lra(length: int | None, causal: bool, block: int) -> dict[str, Any]:
+    """2 rounds, chunks of `block` seeing the chunk before, 2 * ceil(length / block) buckets
+    (HF Reformer's recommendation: buckets about half a chunk long)."""
+    length = _needs_length(length, "lra")
+    return dict(n_hashes=2, n_buckets=2 * -(-length // block), chunk_len=block, chunks_before=1,
+                chunks_after=0)
+
 
 _MECHANISMS: dict[str, Mechanism] = {
     m.name: m
     for m in [
-        Mechanism("dense", "attnx.attention.dense", "attention", "pattern",
-                  key_padding_mask=False, supports_bias=True),
-        Mechanism("flash", "attnx.attention.flash", "flash_attention", "pattern"),
-        Mechanism("lsh", "attnx.attention.lsh", "lsh_attention", "pattern",
-                  shared_qk=True, needs_rng=True),
-        Mechanism("local", "attnx.attention.local", "local_attention", "pattern"),
-        Mechanism("longformer", "attnx.attention.longformer", "sliding_window_attention",
-                  "pattern", global_projections=True),
+        Mechanism(
+            "dense", "attnx.attention.dense", "attention", "pattern", mask_kind="full",
+            options=("scale",), supports_bias=True, supports_cache=True,
+            supports_cross_length=True),
+        Mechanism(
+            "flash", "attnx.attention.flash", "flash_attention", "pattern",
+            options=("scale", "block_q", "block_k", "implementation", "interpret"),
+            presets={"bench": lambda length, causal, block: {"implementation": "xla"}},
+            example_options=dict(block_q=8, block_k=8, implementation="xla"),
+            supports_dropout=False, supports_cross_length=True),
+        Mechanism(
+            "lsh", "attnx.attention.lsh", "lsh_attention", "pattern", reference_function="reference",
+            options=("n_hashes", "n_buckets", "chunk_len", "chunks_before", "chunks_after",
+                     "attend_across_buckets", "allow_duplicate_attention"),
+            presets={
+                "lra": _lsh_lra,
+                "bench": _lsh_bench,
+                "reformer_lm": lambda length, causal, block: dict(
+                    n_hashes=2, n_buckets=64, chunk_len=block, chunks_before=1, chunks_after=0),
+            },
+            example_options=dict(n_hashes=2, n_buckets=4, chunk_len=4, chunks_before=1,
+                                 chunks_after=0),
+            keys_per_query=lambda o, length, causal: _chunk_window(o) * o["n_hashes"],
+            shared_qk=True, needs_rng=True, zero_masked_rows=False),
+        Mechanism(
+            "local", "attnx.attention.local", "local_attention", "pattern",
+            options=("chunk_len", "chunks_before", "chunks_after"),
+            presets={
+                # Each chunk sees the chunk before it and, unless causal, the one after.
+                "lra": lambda length, causal, block: dict(
+                    chunk_len=block, chunks_before=1, chunks_after=0 if causal else 1),
+                "bench": lambda length, causal, block: {"chunk_len": block},
+                "reformer_lm": lambda length, causal, block: dict(
+                    chunk_len=block, chunks_before=1, chunks_after=0),
+            },
+            example_options=dict(chunk_len=8, chunks_before=1, chunks_after=1),
+            keys_per_query=lambda o, length, causal: _chunk_window(o)),
+        Mechanism(
+            "longformer", "attnx.attention.longformer", "sliding_window_attention", "pattern",
+            reference_function="reference",
+            options=("window", "dilation", "max_global", "block_size"),
+            presets={
+                # A one-sided window of `block` (2 * block + 1 keys), one global token per row
+                # (a classifier's [CLS]).
+                "lra": lambda length, causal, block: dict(window=block, max_global=1),
+                # A one-sided window of twice the block.
+                "bench": lambda length, causal, block: {"window": 2 * block},
+            },
+            example_options=dict(window=2, dilation=2, max_global=2, block_size=4),
+            # Dilation spreads the window's keys, it does not add any.
+            keys_per_query=lambda o, length, causal: 2 * o["window"] + 1,
+            global_projections=True),
     ]
 }
 

@@ -2,8 +2,8 @@
 
 The module owns everything around the pure attention function: query/key/value projections (one
 shared query-key projection for mechanisms that need it, e.g. LSH), the global projections of
-Longformer, the output projection, and a key/value cache for incremental decoding with dense
-attention. Randomness is explicit: the caller passes one `rng` key (or None for deterministic
+Longformer, the output projection, and a key/value cache for incremental decoding (with the
+mechanisms whose registry entry `supports_cache`). Randomness is explicit: the caller passes one `rng` key (or None for deterministic
 evaluation) and the module derives the dropout and hashing keys from it, so that a reversible layer
 can replay the exact same call in its backward pass.
 """
@@ -38,8 +38,10 @@ class MultiHeadAttention(nnx.Module):
       d_model: model width D (input and output features).
       num_heads: number of heads N; `head_dim` defaults to D // N.
       mechanism: registry name (`dense`, `flash`, `lsh`, `local`, `longformer`, ...).
-      options: keyword options of the mechanism (e.g. `chunk_len`, `n_hashes`, `window`).
-      attention_dropout: dropout rate on the attention weights.
+      options: keyword options of the mechanism (e.g. `chunk_len`, `n_hashes`, `window`); the
+        registry entry lists the valid ones.
+      attention_dropout: dropout rate on the attention weights (0 for mechanisms without
+        dropout).
       use_bias: whether projections have biases.
       dtype: compute dtype of the projections (parameters stay float32).
     """
@@ -62,6 +64,10 @@ class MultiHeadAttention(nnx.Module):
                 f"num_heads={num_heads} must divide d_model={d_model} (or give head_dim)")
         self.mechanism = registry.get(mechanism)
         self.options = dict(options or {})
+        self.mechanism.check_options(self.options)
+        if attention_dropout and not self.mechanism.supports_dropout:
+            raise ValueError(f"attention_dropout={attention_dropout}, but mechanism "
+                             f"{self.mechanism.name!r} has no attention dropout; use 0.0")
         self.num_heads = num_heads
         self.head_dim = head_dim or d_model // num_heads
         self.attention_dropout = attention_dropout
@@ -102,8 +108,7 @@ class MultiHeadAttention(nnx.Module):
         """Keyword arguments of the mechanism call, shared by `__call__` and `pattern`."""
         kwargs: dict[str, Any] = dict(self.options, causal=causal)
         if mask is not None:
-            kwargs["mask"] = mask if self.mechanism.key_padding_mask else (
-                dense.key_padding_pattern(mask))
+            kwargs["mask"] = self.mechanism.mask_argument(mask)
         if self.mechanism.needs_rng:
             hash_rng = jax.random.key(0) if rng is None else jax.random.fold_in(rng, _HASH_STREAM)
             kwargs["rng"] = hash_rng
@@ -136,8 +141,8 @@ class MultiHeadAttention(nnx.Module):
           causal: query i sees keys j <= i.
           global_mask: `[B, T]` tokens with global attention (Longformer only).
           rng: key for attention dropout and hashing; None = deterministic (no dropout).
-          cache: a dense-attention key/value cache from `init_cache`; the call then appends the new
-            keys/values at `cache['index']` and returns `(out, new_cache)`.
+          cache: a key/value cache from `init_cache` (mechanisms with `supports_cache`); the call
+            then appends the new keys/values at `cache['index']` and returns `(out, new_cache)`.
 
         Returns:
           `[B, Tq, D]`, or `(out, new_cache)` when `cache` is given.
@@ -160,9 +165,10 @@ class MultiHeadAttention(nnx.Module):
 
     def _cached_call(self, q, k, v, cache, mask, dropout_rate, dropout_rng):
         """Incremental causal decoding: `Tq` new tokens attend to the cache plus themselves."""
-        if self.mechanism.name != "dense":
-            raise ValueError("a key/value cache is supported for attention='dense' only, "
-                             f"not {self.mechanism.name!r}")
+        if not self.mechanism.supports_cache:
+            able = [name for name in registry.names() if registry.get(name).supports_cache]
+            raise ValueError(f"mechanism {self.mechanism.name!r} has no key/value cache; "
+                             f"mechanisms with one: {', '.join(able)}")
         index = cache["index"]
         new_k = jax.lax.dynamic_update_slice_in_dim(cache["k"], k.astype(cache["k"].dtype), index, 1)
         new_v = jax.lax.dynamic_update_slice_in_dim(cache["v"], v.astype(cache["v"].dtype), index, 1)
@@ -172,8 +178,8 @@ class MultiHeadAttention(nnx.Module):
         full_mask = visible[None, None]
         if mask is not None:
             full_mask = dense.combine_masks(full_mask, dense.key_padding_pattern(mask))
-        out = dense.attention(q, new_k, new_v, mask=full_mask, dropout_rate=dropout_rate,
-                              dropout_rng=dropout_rng)
+        out = self.mechanism.fn(q, new_k, new_v, mask=full_mask, dropout_rate=dropout_rate,
+                                dropout_rng=dropout_rng, **self.options)
         out = self.out(out.reshape(out.shape[:2] + (-1,)))
         return out, {"k": new_k, "v": new_v, "index": index + tq}
 

@@ -16,41 +16,42 @@ tokens see, and are seen by, every token through their own query/key/value proje
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from attnx.attention import registry
 from attnx.layers.norm import LayerNorm
 from attnx.models.transformer import Embedding, Stack, TransformerConfig
 
 Array = jax.Array
-
-DEFAULT_OPTIONS = {"window": 64, "max_global": 1}
 
 
 @dataclasses.dataclass(frozen=True)
 class LongformerConfig(TransformerConfig):
     """A `TransformerConfig` whose attention is Longformer's.
 
-    `attention_options` are `sliding_window_attention`'s (`window`, `dilation`, `max_global`,
-    `block_size`); missing ones default to DEFAULT_OPTIONS (window 64, one global token per row,
-    the classifier's [CLS]). `max_global` bounds the global tokens of a row: it must be set, since
-    under jit the number of global tokens cannot be read from the mask.
+    `attention` must be a mechanism with global tokens (`global_projections` in its registry
+    entry). `attention_options` are its options (`sliding_window_attention`'s: `window`,
+    `dilation`, `max_global`, `block_size`); missing ones default to the registry's LRA preset
+    (window 64, one global token per row, the classifier's [CLS]). `max_global` bounds the global
+    tokens of a row: it must be set, since under jit the number of global tokens cannot be read
+    from the mask.
     """
 
     attention: str = "longformer"
-    attention_options: Mapping[str, Any] = dataclasses.field(
-        default_factory=lambda: dict(DEFAULT_OPTIONS))
 
     def __post_init__(self):
         super().__post_init__()
-        if self.attention != "longformer":
-            raise ValueError(f"a Longformer model needs model.attention='longformer', got "
+        mechanism = registry.get(self.attention)
+        if not mechanism.global_projections:
+            with_globals = [n for n in registry.names() if registry.get(n).global_projections]
+            raise ValueError("a Longformer model needs a mechanism with global tokens, "
+                             f"model.attention={' or '.join(map(repr, with_globals))}, got "
                              f"{self.attention!r} (use transformer_classifier for other "
                              "mechanisms)")
-        options = {**DEFAULT_OPTIONS, **dict(self.attention_options)}
+        options = {**mechanism.preset("lra"), **dict(self.attention_options)}
         if options["max_global"] is None or options["max_global"] < 1:
             raise ValueError("model.attention_options.max_global must be >= 1 for a Longformer "
                              f"model (its [CLS] is global), got {options['max_global']!r}")

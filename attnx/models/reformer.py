@@ -36,11 +36,11 @@ Array = jax.Array
 
 
 def _default_lsh_options() -> dict[str, Any]:
-    return dict(n_hashes=2, n_buckets=64, chunk_len=64, chunks_before=1, chunks_after=0)
+    return registry.get("lsh").preset("reformer_lm")
 
 
 def _default_local_options() -> dict[str, Any]:
-    return dict(chunk_len=64, chunks_before=1, chunks_after=0)
+    return registry.get("local").preset("reformer_lm")
 
 
 @dataclasses.dataclass(frozen=True)

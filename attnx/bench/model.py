@@ -13,16 +13,22 @@ token, plus the attention scores and weighted sums over the keys each query actu
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import pathlib
 import statistics
 import time
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+from absl import app
 from flax import nnx
 
 from attnx import data, models, train
 from attnx.attention import registry
+from attnx.bench.measure import progress
+from attnx.bench.peers import peers_unavailable_reason
 
 
 def matmul_peak_flops(size: int = 2048, repeats: int = 5) -> float:
@@ -38,22 +44,6 @@ def matmul_peak_flops(size: int = 2048, repeats: int = 5) -> float:
     return 2 * size**3 / statistics.median(times)
 
 
-def keys_per_query(mechanism: str, options: dict[str, Any], length: int, causal: bool) -> float:
-    """How many keys one query attends to (the attention cost per query, in key-vectors)."""
-    if mechanism in ("dense", "flash"):
-        return length / 2 if causal else length
-    if mechanism == "local":
-        return options.get("chunk_len", 64) * (1 + options.get("chunks_before", 1)
-                                               + options.get("chunks_after", 0))
-    if mechanism == "lsh":
-        return (options.get("chunk_len", 64) * (1 + options.get("chunks_before", 1)
-                                                + options.get("chunks_after", 0))
-                * options.get("n_hashes", 1))
-    if mechanism == "longformer":
-        return 2 * options.get("window", 64) + 1  # dilation spreads the keys, same count
-    return float(length)
-
-
 def train_flops_per_token(params, model_config, length: int, causal: bool) -> float:
     """Analytic training FLOPs per token: 3 x (2 x dense-layer params + attention)."""
     dense_params = sum(leaf.size for path, leaf in jax.tree_util.tree_leaves_with_path(params)
@@ -65,13 +55,28 @@ def train_flops_per_token(params, model_config, length: int, causal: bool) -> fl
     for name in layer_mechanisms:
         options = dict(model_config.get(f"{name}_options") or
                        model_config.get("attention_options") or {})
-        registry.get(name)
-        attention += 4 * d_model * keys_per_query(name, options, length, causal)
+        attention += 4 * d_model * registry.get(name).attention_keys(options, length, causal)
     return 3 * (2 * dense_params + attention)
 
 
-def measure_config(config, *, steps: int = 10, warmup: int = 2) -> dict[str, Any]:
-    """Train `steps` steps of `config` (no checkpoints, no eval) and report throughput and MFU."""
+@dataclasses.dataclass
+class TrainSetup:
+    """What timing a config's training needs: its compiled step, state and batches."""
+
+    compiled: Any  # (state, batch, key) -> (state, metrics), compiled, state donated
+    compile_s: float
+    state: Any
+    params: Any
+    batches: list[Any]
+    seq_len: int
+    causal: bool  # whether the model's attention is causal (for the FLOP count)
+
+
+def _train_setup(config, steps: int) -> TrainSetup:
+    """The state, `steps` sharded batches and compiled train step of `config` (no checkpoints).
+
+    Every call into `attnx.train` and the model registry's tasks is here, in one place.
+    """
     train.validate(config)
     dataset = data.build(config.data, seed=config.seed)
     info = dataset.info
@@ -88,30 +93,37 @@ def measure_config(config, *, steps: int = 10, warmup: int = 2) -> dict[str, Any
                                             grad_accum_steps=config.grad_accum_steps),
                       donate_argnums=(0,))
     batches = [jax.device_put(dataset.train_batch(i, global_batch_size=config.batch_size),
-                              batch_sharding) for i in range(steps + warmup)]
+                              batch_sharding) for i in range(steps)]
     key = jax.random.key(config.seed)
     start = time.perf_counter()
     compiled = step_fn.lower(state, batches[0], key).compile()
     compile_s = time.perf_counter() - start
-    times = []
-    for i, batch in enumerate(batches):
+    return TrainSetup(compiled, compile_s, state, params, batches, info.seq_len,
+                      causal=task == "lm")
+
+
+def measure_config(config, *, steps: int = 10, warmup: int = 2) -> dict[str, Any]:
+    """Train `steps` steps of `config` (no checkpoints, no eval) and report throughput and MFU."""
+    setup = _train_setup(config, steps + warmup)
+    key = jax.random.key(config.seed)
+    state, times = setup.state, []
+    for i, batch in enumerate(setup.batches):
         start = time.perf_counter()
-        state, metrics = compiled(state, batch, key)
+        state, metrics = setup.compiled(state, batch, key)
         jax.block_until_ready(metrics)
         if i >= warmup:
             times.append(time.perf_counter() - start)
     step_s = statistics.median(times)
-    tokens = config.batch_size * info.seq_len
-    causal = task == "lm"
-    flops = train_flops_per_token(params, config.model, info.seq_len, causal) * tokens
+    tokens = config.batch_size * setup.seq_len
+    flops = train_flops_per_token(setup.params, config.model, setup.seq_len, setup.causal) * tokens
     peak = matmul_peak_flops()
     return {
-        "model": config.model.name, "seq_len": info.seq_len, "batch_size": config.batch_size,
-        "compile_s": compile_s, "step_s": step_s, "steps_per_s": 1 / step_s,
+        "model": config.model.name, "seq_len": setup.seq_len, "batch_size": config.batch_size,
+        "compile_s": setup.compile_s, "step_s": step_s, "steps_per_s": 1 / step_s,
         "tokens_per_s": tokens / step_s, "model_tflops_per_step": flops / 1e12,
         "peak_matmul_gflops": peak / 1e9, "mfu": flops / step_s / peak,
         "final_loss": float(metrics["loss"]), "devices": jax.device_count(),
-        "parameters": sum(leaf.size for leaf in jax.tree.leaves(params)),
+        "parameters": sum(leaf.size for leaf in jax.tree.leaves(setup.params)),
     }
 
 
@@ -192,3 +204,32 @@ def format_record(record: dict[str, Any]) -> str:
         ]
     return "\n".join(["| quantity | value |", "|---|---|"] +
                      [f"| {k} | {v} |" for k, v in rows])
+
+
+def run_model(config, *, steps: int, out: str | None, peers: bool = False) -> dict[str, Any]:
+    """Model-level mode: measure one config's training throughput; print and optionally save.
+
+    With `peers` (reformer_lm configs), HF's ReformerModelWithLMHead of the same sizes is timed
+    in the same run, right after ours.
+    """
+    if peers:
+        reason = peers_unavailable_reason()
+        if reason is not None:
+            raise app.UsageError(f"--peers: {reason}")
+        if config.model.name != "reformer_lm":
+            raise app.UsageError(f"--peers with --config compares reformer_lm configs with HF "
+                                 f"transformers; config.model.name is {config.model.name!r}")
+    progress(f"model-level benchmark of {config.model.name}: compiling and timing {steps} steps")
+    record = measure_config(config, steps=steps)
+    if peers:
+        progress(f"timing {steps} steps of HF ReformerModelWithLMHead with the same sizes")
+        record["peer"] = measure_reformer_peer(config, steps=steps)
+    markdown = format_record(record)
+    print(markdown)
+    if out:
+        path = pathlib.Path(out)
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "model.md").write_text(markdown + "\n")
+        (path / "model.json").write_text(json.dumps(record, indent=1) + "\n")
+        progress(f"wrote {out}/model.md, model.json")
+    return record

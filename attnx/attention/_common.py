@@ -1,0 +1,74 @@
+"""Checks and pieces several attention mechanisms share: argument checks, padding, masked softmax,
+neighbour chunks. Each mechanism file keeps only what is its own.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+
+# Logit given to masked pairs before the softmax. Finite, so that fully masked rows stay NaN-free;
+# those rows are zeroed explicitly afterwards.
+MASK_VALUE = -1e30
+
+
+def check_int(name: str, value: object, minimum: int = 1) -> int:
+    """`value` as an int; ValueError naming `name` unless it is an integer >= `minimum`."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        wanted = "a positive int" if minimum == 1 else f"an int >= {minimum}"
+        raise ValueError(f"{name} must be {wanted}, got {value!r}")
+    return int(value)
+
+
+def check_key_padding_mask(mask: Array | None, batch: int, length: int, name: str = "mask") -> None:
+    """ValueError unless `mask` is None or a key padding mask `[batch, length]` (True = real)."""
+    if mask is not None and tuple(jnp.shape(mask)) != (batch, length):
+        raise ValueError(f"{name} must be a key padding mask [batch, length] = {(batch, length)}, "
+                         f"got shape {tuple(jnp.shape(mask))}")
+
+
+def check_dropout(rate: float, rng: jax.Array | None) -> None:
+    """ValueError unless `rate` is in [0, 1) and a key is given when `rate > 0`."""
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"dropout_rate must be in [0, 1), got {rate}")
+    if rate > 0.0 and rng is None:
+        raise ValueError("dropout_rng is required when dropout_rate > 0")
+
+
+def round_up(x: int, multiple: int) -> int:
+    """The smallest multiple of `multiple` that is >= x."""
+    return -(-x // multiple) * multiple
+
+
+def pad_axis(x: Array, size: int, axis: int = 1, value: object = 0) -> Array:
+    """Pad `axis` of x at the end with `value` up to `size` (default: the length axis of BT...)."""
+    if x.shape[axis] == size:
+        return x
+    widths = [(0, 0)] * x.ndim
+    widths[axis] = (0, size - x.shape[axis])
+    return jnp.pad(x, widths, constant_values=value)
+
+
+def masked_softmax(logits: Array, allowed: Array | None) -> Array:
+    """Softmax over the last axis restricted to `allowed` (broadcastable to logits); rows with no
+    allowed entry are zero. float32 logits in, float32 weights out."""
+    if allowed is None:
+        return jax.nn.softmax(logits, axis=-1)
+    weights = jax.nn.softmax(jnp.where(allowed, logits, MASK_VALUE), axis=-1)
+    return jnp.where(jnp.any(allowed, axis=-1, keepdims=True), weights, 0.0)
+
+
+def look_around(chunks: Array, before: int, after: int, *, wrap: bool) -> Array:
+    """Each chunk with its neighbours: `[G, C, L, ...]` -> `[G, C, (before + 1 + after) * L, ...]`,
+    chunks c - before, ..., c + after along axis 2. With `wrap` the neighbours of the first and
+    last chunks wrap around; without, they are zeros (False)."""
+    n_chunks = chunks.shape[1]
+    if wrap:
+        parts = [jnp.roll(chunks, -offset, axis=1) for offset in range(-before, after + 1)]
+    else:
+        padded = jnp.pad(chunks, [(0, 0), (before, after)] + [(0, 0)] * (chunks.ndim - 2))
+        parts = [padded[:, o : o + n_chunks] for o in range(before + 1 + after)]
+    return jnp.concatenate(parts, axis=2)
