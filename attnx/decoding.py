@@ -12,6 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from attnx.attention import registry
+
 Array = jax.Array
 
 
@@ -31,14 +33,15 @@ def generate_lm(model: nnx.Module, prompt: np.ndarray, num_tokens: int, *, windo
                 use_cache: bool | None = None) -> np.ndarray:
     """Continue `prompt` `[B, P]` by `num_tokens`: -> `[B, P + num_tokens]` (window-limited).
 
-    Uses the key/value cache when the model has one and dense attention (`use_cache=None` picks
-    it automatically); otherwise runs the model on a zero-padded window of `window` tokens (causal,
-    so padding after position t never affects t).
+    Uses the key/value cache when the model has one and its mechanism supports it
+    (`use_cache=None` picks it automatically); otherwise runs the model on a zero-padded window of
+    `window` tokens (causal, so padding after position t never affects t).
     """
     batch, length = prompt.shape
     rng = jax.random.key(seed)
     if use_cache is None:
-        use_cache = hasattr(model, "init_caches") and model.cfg.attention == "dense"
+        use_cache = (hasattr(model, "init_caches")
+                     and registry.get(model.cfg.attention).supports_cache)
     if use_cache:
         total = length + num_tokens
         caches = model.init_caches(batch, max(total, 1))

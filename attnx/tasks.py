@@ -45,6 +45,8 @@ class Task:
       forward: `(model, batch, rng) -> (logits, targets, weights)`; `rng=None` is evaluation
         (no dropout, BatchNorm running averages).
       bits_per_byte: report `loss / ln 2` as `bits_per_byte` (byte-level language models).
+      causal: its models attend causally (a query sees half the keys on average: the FLOP
+        estimate of `python -m attnx.bench --config`).
       extra_vocab: ids the model needs beyond the data's vocabulary (the masked LM's [MASK]).
       map_features: batch keys handed to `model.attention_maps(...)`, or None if the task's
         models draw no maps.
@@ -57,6 +59,7 @@ class Task:
     features: tuple[str, ...]
     forward: Forward
     bits_per_byte: bool = False
+    causal: bool = False
     extra_vocab: int = 0
     map_features: tuple[str, ...] | None = None
     complete: Callable[..., str] | None = None
@@ -191,7 +194,7 @@ _TASKS: dict[str, Task] = {
     t.name: t
     for t in [
         Task("lm", "lm", ("inputs", "targets", "weights"), _lm_forward, bits_per_byte=True,
-             map_features=("inputs",), complete=_complete_lm,
+             causal=True, map_features=("inputs",), complete=_complete_lm,
              summary_samples=_lm_summary_samples),
         Task("classification", "classification", ("inputs", "mask", "label", "weights"),
              _classification_forward, map_features=("inputs", "mask")),

@@ -23,9 +23,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from absl import app
-from flax import nnx
 
-from attnx import data, models, train
+from attnx import data, optim, train
+from attnx import state as state_lib
 from attnx.attention import registry
 from attnx.bench.measure import progress
 from attnx.bench.peers import peers_unavailable_reason
@@ -80,15 +80,12 @@ def _train_setup(config, steps: int) -> TrainSetup:
     train.validate(config)
     dataset = data.build(config.data, seed=config.seed)
     info = dataset.info
+    task = state_lib.check_data(config, info)
     mesh = train.data_mesh()
-    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-    graphdef, _, build = train.abstract_model(config, info)
-    tx, schedule = train.create_optimizer(config.optimizer, config.num_train_steps)
-    params = nnx.state(build(), nnx.Param)
-    state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
-    state = jax.device_put(state, replicated)
-    task = models.get_entry(config.model.name).task
+    tx, schedule = optim.create_optimizer(config.optimizer, config.num_train_steps)
+    graphdef, state, _ = state_lib.create(config, info, tx, mesh)
+    params = state["params"]
     step_fn = jax.jit(train.make_train_step(graphdef, task, tx, schedule,
                                             grad_accum_steps=config.grad_accum_steps),
                       donate_argnums=(0,))
@@ -99,7 +96,7 @@ def _train_setup(config, steps: int) -> TrainSetup:
     compiled = step_fn.lower(state, batches[0], key).compile()
     compile_s = time.perf_counter() - start
     return TrainSetup(compiled, compile_s, state, params, batches, info.seq_len,
-                      causal=task == "lm")
+                      causal=task.causal)
 
 
 def measure_config(config, *, steps: int = 10, warmup: int = 2) -> dict[str, Any]:
