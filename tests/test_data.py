@@ -838,3 +838,18 @@ def test_fixed_length_float_clips_and_bad_clip_configs(data_dir: str):
                 r"data.image_key='video' of attnx_test_clips has shape \(None, 4, 6, 3\); the "
                 r"representations of pixel arrays: 'tokens' and 'image' .* 'video' for clips")):
             data.build(clip_config(data_dir, representation=representation), seed=0)
+
+
+def test_preparing_prints_two_plain_lines_and_no_tfds_noise(tmp_path, capfd, caplog):
+    """In a log (no terminal), preparing a dataset prints attnx's own two lines: no progress-bar
+    escapes, no TFDS warnings a user cannot act on."""
+    config = data.default_data_config(name="listops", builder_config="tiny", seq_len=512,
+                                      data_dir=str(tmp_path / "quiet"))
+    data.build(config, seed=0)
+    data.build(config, seed=0)  # prepared: silent
+    out, err = capfd.readouterr()
+    lines = [line for line in (out + err).splitlines() if line.strip()]
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("attnx.data: preparing listops/tiny")
+    assert lines[1].startswith("attnx.data: prepared listops/tiny in ")
+    assert not [r.getMessage() for r in caplog.records if "dataset_info.json" in r.getMessage()]

@@ -30,8 +30,12 @@ How each dataset fills them is said beside its builder (`spec.py`, `representati
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import logging
 import os
+import sys
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -41,6 +45,21 @@ import tensorflow_datasets as tfds
 
 from attnx.data import registry
 from attnx.data.spec import Batch, DataInfo, DatasetSpec, Representation, RowSource
+
+
+class _TfdsNoise(logging.Filter):
+    """Drops TFDS warnings that say nothing a user can act on: that a builder was given its config
+    object (every embedded builder derives one), and that a not-yet-prepared variant folder has no
+    dataset_info.json."""
+
+    NOISE = ("Using custom data configuration", "has no dataset_info.json")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(noise in message for noise in self.NOISE)
+
+
+logging.getLogger("absl").addFilter(_TfdsNoise())
 
 # Permutations kept per Dataset: a batch can straddle an epoch boundary.
 _PERMUTATION_CACHE = 4
@@ -190,7 +209,17 @@ def _prepared_builder(
                 f"{builder.data_dir} (first use; later runs reuse it)",
                 flush=True,
             )
-            builder.download_and_prepare(file_format="array_record")
+            start = time.perf_counter()
+            # TFDS's progress bars only in a terminal (in a log they are escape sequences); its
+            # own "downloading and preparing" / "prepared" prints repeat the lines here.
+            tfds.display_progress_bar(sys.stderr.isatty())
+            try:
+                with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+                    builder.download_and_prepare(file_format="array_record")
+            finally:
+                tfds.display_progress_bar(True)
+            print(f"attnx.data: prepared {builder.name}{config_name} in "
+                  f"{time.perf_counter() - start:.1f}s", flush=True)
     return builder
 
 
