@@ -67,7 +67,9 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    from absl import app, flags
+    from absl import flags
+
+    from attnx import cli
 
     flags.DEFINE_string("workdir", None, "Run directory of a trained model.", required=True)
     flags.DEFINE_string("prompt", "", "Text to continue (LM) or to transform (seq2seq).")
@@ -75,4 +77,4 @@ if __name__ == "__main__":
     flags.DEFINE_integer("seed", 0, "Sampling seed.")
     flags.DEFINE_float("temperature", 0.8, "Sampling temperature; 0 = greedy.")
     flags.DEFINE_integer("top_k", 40, "Sample among the k most likely tokens; 0 = all.")
-    app.run(main)
+    cli.run(main, config_flag=None)

@@ -453,7 +453,7 @@ def _define_flags() -> None:
 
 
 if __name__ == "__main__":
-    from absl import app
+    from attnx import cli
 
     _define_flags()
-    app.run(main)
+    cli.run(main)

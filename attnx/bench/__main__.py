@@ -67,4 +67,6 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from attnx import cli
+
+    cli.run(main)
