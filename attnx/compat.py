@@ -48,8 +48,7 @@ def check_jax() -> None:
 
 # The GPU a 'cuda' lowering targets on a host without one: compute capability 9.0, the fallback
 # JAX 0.10's Triton lowering used by itself.
-_ABSTRACT_GPU = jax.sharding.AbstractDevice(device_kind="NVIDIA H100", num_cores=None,
-                                            platform="gpu")
+_ABSTRACT_GPU_KIND = "NVIDIA H100"
 
 
 def _has_gpu() -> bool:
@@ -69,7 +68,9 @@ def lower_for(jitted: Callable[..., Any], platform: str, *args: Any,
     """
     target = contextlib.nullcontext()
     if platform == "cuda" and not _has_gpu():
-        target = jax.sharding.use_abstract_mesh(
-            jax.sharding.AbstractMesh((), (), abstract_device=_ABSTRACT_GPU))
+        gpu = jax.sharding.AbstractDevice(device_kind=_ABSTRACT_GPU_KIND, num_cores=None,
+                                          platform="gpu")
+        target = jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((), (),
+                                                                          abstract_device=gpu))
     with target:
         return jitted.trace(*args, **kwargs).lower(lowering_platforms=(platform,))
