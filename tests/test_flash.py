@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from attnx import compat
 from attnx.attention import dense, flash, registry
 
 IMPLEMENTATIONS = ("xla", "pallas")
@@ -255,8 +256,7 @@ def test_pallas_lowers_for_cuda(case_name, dtype):
                                implementation="pallas", interpret=False)
         return value_and_grads(fn, q, k, v, ct)
 
-    lowered = jax.jit(forward_and_grads).trace(q, k, v, ct, options).lower(
-        lowering_platforms=("cuda",))
+    lowered = compat.lower_for(jax.jit(forward_and_grads), "cuda", q, k, v, ct, options)
     text = lowered.as_text()
     assert text.count("__gpu$xla.gpu.triton") == 3
     for kernel in ("flash_attention_forward", "flash_attention_dkdv", "flash_attention_dq"):
@@ -322,7 +322,7 @@ def test_bad_block_size_is_a_value_error_when_lowering_for_cuda():
     fn = functools.partial(flash.flash_attention, implementation="pallas", interpret=False,
                            block_q=24)
     with pytest.raises(ValueError, match="power of two"):
-        jax.jit(fn).trace(q, q, q).lower(lowering_platforms=("cuda",))
+        compat.lower_for(jax.jit(fn), "cuda", q, q, q)
 
 
 def test_lm_trained_with_flash_matches_dense_step_for_step(data_dir):

@@ -12,7 +12,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from attnx import data, decoding, optim, train
+from attnx import compat, data, decoding, optim, train
 from attnx import state as state_lib
 from helpers import load_config, train_setup
 
@@ -188,8 +188,8 @@ def _lowered_texts(config, data_dir, platforms):
     batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
                          dataset.train_batch(0, global_batch_size=config.batch_size))
     step = jax.jit(train.make_train_step(graphdef, task, tx, schedule))
-    traced = step.trace(state_shape, batch, jax.random.key(0))
-    return {p: traced.lower(lowering_platforms=(p,)).as_text() for p in platforms}
+    return {p: compat.lower_for(step, p, state_shape, batch, jax.random.key(0)).as_text()
+            for p in platforms}
 
 
 @pytest.mark.parametrize("name,arg", [("transformer_lm", "smoke"), ("lra_listops", "smoke"),
