@@ -1,0 +1,246 @@
+"""`python -m attnx.sweep`: grid expansion and naming, bad grids, the local launcher (pinning,
+failures, skipping finished runs), a real two-run sweep with its summary, and the SLURM script."""
+
+import csv
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from attnx import sweep
+from helpers import CONFIG_DIR
+
+REPO = os.path.dirname(CONFIG_DIR)
+LISTOPS = os.path.join(CONFIG_DIR, "lra_listops.py")
+LM = os.path.join(CONFIG_DIR, "transformer_lm.py")
+
+
+# ----------------------------------------------------------------------------------------------
+# Declaring and expanding a grid.
+
+
+def test_grid_helpers():
+    lr = sweep.axis("optimizer.learning_rate", [1e-3, 3e-4])
+    assert sweep.product(sweep.axis("seed", [0, 1]), lr) == [
+        {"seed": 0, "optimizer.learning_rate": 1e-3}, {"seed": 0, "optimizer.learning_rate": 3e-4},
+        {"seed": 1, "optimizer.learning_rate": 1e-3}, {"seed": 1, "optimizer.learning_rate": 3e-4}]
+    assert sweep.zipped(sweep.axis("seed", [0, 1]), lr) == [
+        {"seed": 0, "optimizer.learning_rate": 1e-3}, {"seed": 1, "optimizer.learning_rate": 3e-4}]
+    assert sweep.chain(lr, [{":model": "lstm"}]) == lr + [{":model": "lstm"}]
+    assert sweep.parse_axis("seed=0, 1,2") == [{"seed": "0"}, {"seed": "1"}, {"seed": "2"}]
+    with pytest.raises(ValueError, match="'seed' is set by two"):
+        sweep.product(sweep.axis("seed", [0]), sweep.axis("seed", [1]))
+    with pytest.raises(ValueError, match=r"equal lengths, got \[2, 1\]"):
+        sweep.zipped(lr, sweep.axis("seed", [0]))
+    with pytest.raises(ValueError, match="KEY=V1,V2"):
+        sweep.parse_axis("seed")
+
+
+def test_run_names_are_stable_safe_and_order_independent():
+    assert sweep.run_name({"seed": 1, ":attention": "lsh"}) == "attention=lsh,seed=1"
+    assert sweep.run_name({":attention": "lsh", "seed": 1}) == "attention=lsh,seed=1"
+    assert (sweep.run_name({"data.path": "/data/en wik8", "x": True})
+            == "data.path=_data_en_wik8,x=true")
+    assert sweep.run_name({"optimizer.learning_rate": 3e-4}) == "optimizer.learning_rate=0.0003"
+    assert sweep.run_name({}) == "base"
+    long_a, long_b = ({"data.path": "p" * 200 + suffix} for suffix in ("a", "b"))
+    assert len(sweep.run_name(long_a)) == 100
+    assert sweep.run_name(long_a) != sweep.run_name(long_b)
+    assert sweep.run_name(long_a) == sweep.run_name(dict(long_a))
+
+
+def test_expand_lra_mechanism_sweep_into_workdirs_and_commands():
+    entries = sweep.config_sweep(LISTOPS, "smoke")
+    runs = sweep.expand(f"{LISTOPS}:smoke", entries, workdir="W", python="python",
+                        shared={"data.data_dir": "/tmp/tfds"})
+    assert [r.name for r in runs] == ["attention=dense", "attention=flash", "attention=lsh",
+                                      "attention=local", "attention=longformer", "model=lstm"]
+    lsh, lstm = runs[2], runs[5]
+    assert lsh.command == ("python", "-m", "attnx.train",
+                           f"--config={LISTOPS}:smoke,attention=lsh",
+                           "--workdir=W/attention=lsh", "--config.data.data_dir=/tmp/tfds")
+    assert lstm.command[3] == f"--config={LISTOPS}:smoke,model=lstm"
+    assert lsh.changes["model.attention"] == ["dense", "lsh"]
+    assert runs[4].changes["model.name"] == ["transformer_classifier", "longformer_classifier"]
+    assert "data.data_dir" not in lsh.changes  # shared by every run: not a difference
+    assert (lsh.num_train_steps, lsh.best_metric, lsh.best_mode) == (20, "accuracy", "max")
+
+
+def test_expand_field_overrides_and_replaced_arguments():
+    grid = sweep.product(sweep.axis(":attention", ["dense", "lsh"]),
+                         sweep.axis("optimizer.learning_rate", [1e-3, "3e-4"]),
+                         [{"model.dropout_rate": 0, "attention_maps": "true"}])
+    runs = sweep.expand(f"{LISTOPS}:attention=local,smoke", grid, workdir="W", python="py")
+    assert len(runs) == 4
+    run = runs[3]
+    assert run.name == ("attention=lsh,attention_maps=true,model.dropout_rate=0.0,"
+                        "optimizer.learning_rate=0.0003")
+    assert run.command == (
+        "py", "-m", "attnx.train", f"--config={LISTOPS}:attention=lsh,smoke",
+        f"--workdir=W/{run.name}", "--config.optimizer.learning_rate=0.0003",
+        "--config.model.dropout_rate=0.0", "--config.attention_maps=true")
+
+
+@pytest.mark.parametrize("entries,message", [
+    ([{"optimizer.learning_rat": 1e-3}],
+     r"'optimizer.learning_rat' is not a field of the config; nearest: optimizer.learning_rate"),
+    ([{":atention": "lsh"}], r"unknown config argument 'atention'.*known: attention, lra, model"),
+    ([{"seed": "abc"}], r"seed='abc' is not a int"),
+    ([{"seed": 1.5}], r"seed=1.5 is a float, the field is a int"),
+    ([{"attention_maps": 1}], r"attention_maps=1 is a int, the field is a bool"),
+    ([{"model.attention_options": "x"}], r"'model.attention_options' is not a field"),
+    ([{"profile_steps": None}], r"profile_steps=None is a NoneType"),
+    ([], r"the sweep is empty"),
+    (["seed=1"], r"an entry must be a dict"),
+    ([{"seed": 1}, {"seed": "1"}], r"sweep entry 1 .* same run name 'seed=1'"),
+    ([{"seed": 0}, {"batch_size": 8}], r"sweep entry 1 .* same config as sweep entry 0"),
+])
+def test_bad_sweep_entries_are_errors_naming_them(entries, message):
+    with pytest.raises(ValueError, match=message):
+        sweep.expand(f"{LISTOPS}:smoke", entries, workdir="W")
+
+
+def test_bad_cli_sweep_fails_before_any_run(tmp_path):
+    workdir = tmp_path / "sweep"
+    result = subprocess.run(
+        [sys.executable, "-m", "attnx.sweep", f"--config={LM}:smoke", f"--workdir={workdir}",
+         "--sweep=optimizer.lr=1e-3,3e-3"], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "'optimizer.lr' is not a field" in result.stderr
+    assert not workdir.exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# The local launcher, on stand-in commands.
+
+
+def _stand_in(tmp_path, name: str, code: str, *, num_train_steps: int = 5) -> sweep.Run:
+    """A run whose command is a short Python program `code` (run in its workdir)."""
+    workdir = str(tmp_path / name)
+    return sweep.Run(name=name, entry={}, config_flag="c.py", overrides={}, changes={},
+                     workdir=workdir, command=(sys.executable, "-c", code),
+                     num_train_steps=num_train_steps, best_metric="loss", best_mode="min")
+
+
+def test_local_launcher_pins_workers_skips_finished_and_reports_failures(tmp_path, capsys):
+    report = ("import os, sys; open({out!r}, 'w').write("
+              "repr((sorted(os.sched_getaffinity(0)), os.environ['OMP_NUM_THREADS'])))")
+    ok = [_stand_in(tmp_path, f"ok{i}", report.format(out=str(tmp_path / f"ok{i}.txt")))
+          for i in range(2)]
+    failing = _stand_in(tmp_path, "bad", "import sys; print('boom'); sys.exit(3)")
+    finished = _stand_in(tmp_path, "finished", "raise SystemExit(9)")
+    os.makedirs(os.path.join(finished.workdir, "checkpoints", "5"))
+    codes = sweep.run_local([finished, ok[0], failing, ok[1]], parallel=2, poll_s=0.05)
+    assert codes == {"ok0": 0, "bad": 3, "ok1": 0}
+    out = capsys.readouterr().out
+    assert "skip finished: finished" in out
+    assert f"FAILED bad (exit code 3); its log: {failing.workdir}/train.log" in out
+    assert "boom" in open(os.path.join(failing.workdir, "train.log")).read()
+    assert "sweep: 2 done, 0 running, 1 failed, 0 waiting" in out
+    cores = sorted(os.sched_getaffinity(0))
+    shares = sweep.core_shares(cores, 2)
+    seen = [eval(open(tmp_path / f"ok{i}.txt").read()) for i in range(2)]
+    for (affinity, threads) in seen:
+        assert tuple(affinity) in shares and threads == str(len(affinity))
+    assert sweep.core_shares([0, 1, 2, 3, 4], 2) == [(0, 1, 2), (3, 4)]
+    assert sweep.core_shares([0, 1], 3) == [(0,), (1,), (0,)]
+
+
+# ----------------------------------------------------------------------------------------------
+# A real sweep: two tiny language models, two workers.
+
+
+def _sweep_command(data_dir, workdir, *extra):
+    tiny = dict(num_train_steps=6, eval_every=3, checkpoint_every=3, log_every=3, eval_batches=1,
+                num_samples=0, **{"data.seq_len": 32, "model.max_len": 32, "model.num_layers": 1,
+                                  "model.d_model": 32, "model.d_ff": 64, "data.data_dir": data_dir})
+    return [sys.executable, "-m", "attnx.sweep", f"--config={LM}:smoke", f"--workdir={workdir}",
+            "--noconfig_sweep", "--sweep=optimizer.learning_rate=1e-3,3e-3", *extra,
+            *(f"--config.{k}={v}" for k, v in tiny.items())]
+
+
+def test_local_sweep_runs_summarizes_and_skips_finished_runs(data_dir, tmp_path):
+    workdir = str(tmp_path / "lr_sweep")
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one device per run
+
+    def sweep_cli(*extra):
+        result = subprocess.run(_sweep_command(data_dir, workdir, *extra), cwd=REPO, env=env,
+                                capture_output=True, text=True)
+        assert result.returncode == 0, result.stdout + result.stderr
+        return result.stdout
+
+    out = sweep_cli("--parallel=2")
+    names = ["optimizer.learning_rate=0.001", "optimizer.learning_rate=0.003"]
+    for name in names:
+        assert f"start {name} on cores" in out and f"done {name} in" in out
+        assert sorted(os.listdir(os.path.join(workdir, name, "checkpoints"))) == ["3", "6"]
+    assert "sweep: 2 done, 0 running, 0 failed, 0 waiting" in out
+    assert "| run | optimizer.learning_rate | status | final bits_per_byte |" in out
+    with open(os.path.join(workdir, "summary.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(r["run"] for r in rows) == names
+    assert all(r["status"] == "finished" and r["best step"] in ("3", "6") for r in rows)
+    best = [float(r["best bits_per_byte"]) for r in rows]
+    assert best == sorted(best) and all(0 < b < 9 for b in best)
+    assert open(os.path.join(workdir, "summary.md")).read().count("| optimizer.learning_rate=") == 2
+
+    # Re-running starts nothing; a run that lost its last checkpoint resumes from the one before.
+    again = sweep_cli("--parallel=2")
+    assert "start" not in again and again.count(": finished") == 2
+    shutil.rmtree(os.path.join(workdir, names[1], "checkpoints", "6"))
+    runs = sweep.load_runs(workdir)
+    assert [sweep.status(r) for r in runs] == ["finished", "step 3/6"]
+    assert f"{names[1]}  [step 3/6]" in sweep._plan(runs)  # what --dry_run prints
+    assert "| step 3/6 |" in sweep.write_summary(workdir, runs, "bits_per_byte", "min")
+
+
+# ----------------------------------------------------------------------------------------------
+# The SLURM launcher: the job array script (nothing is submitted).
+
+
+def test_slurm_script_runs_unfinished_runs_with_srun_and_a_term_signal(tmp_path):
+    workdir = str(tmp_path / "sw")
+    runs = sweep.expand(f"{LM}:smoke", sweep.axis("seed", [1, 2, 3]), workdir=workdir,
+                        python="python")
+    os.makedirs(os.path.join(runs[1].workdir, "checkpoints", str(runs[1].num_train_steps)))
+    script = sweep.slurm_script(runs, job_name="sw", workdir=workdir, parallel=2,
+                                time_limit="01:00:00", cpus_per_task=4, gpus_per_task=1,
+                                partition="gpu", setup="source .venv/bin/activate", cwd="/repo")
+    assert script.splitlines()[:16] == [
+        "#!/bin/bash",
+        f"# 2 unfinished run(s) of the sweep in {workdir}, one array task each (written by python "
+        "-m attnx.sweep --launcher=slurm; re-run it to refresh).",
+        "#SBATCH --job-name=sw",
+        "#SBATCH --array=0,2%2",
+        "#SBATCH --ntasks=1",
+        "#SBATCH --cpus-per-task=4",
+        "#SBATCH --time=01:00:00",
+        "#SBATCH --signal=TERM@60",
+        "#SBATCH --open-mode=append",
+        f"#SBATCH --output={workdir}/slurm/%A_%a.out",
+        "#SBATCH --gpus-per-task=1",
+        "#SBATCH --partition=gpu",
+        "set -euo pipefail",
+        "cd /repo",
+        "source .venv/bin/activate",
+        "export OMP_NUM_THREADS=$SLURM_CPUS_PER_TASK OPENBLAS_NUM_THREADS=$SLURM_CPUS_PER_TASK "
+        "MKL_NUM_THREADS=$SLURM_CPUS_PER_TASK",
+    ]
+    assert (f"    srun python -m attnx.train --config={LM}:smoke --workdir={workdir}/seed=3 "
+            f"--config.seed=3 >> {workdir}/seed=3/train.log 2>&1 ;;") in script
+    assert "  2)  # seed=3" in script and "seed=2" not in script
+    subprocess.run(["bash", "-n"], input=script, text=True, check=True)  # valid shell
+    for run in (runs[0], runs[2]):
+        os.makedirs(os.path.join(run.workdir, "checkpoints", str(run.num_train_steps)))
+    assert sweep.slurm_script(runs, job_name="sw", workdir=workdir, parallel=2,
+                              time_limit="01:00:00", cpus_per_task=4) is None
+
+
+def test_summary_metric_needs_a_mode_for_another_metric(tmp_path):
+    run = _stand_in(tmp_path, "r", "pass")
+    assert sweep.summary_metric([run], None, None) == ("loss", "min")
+    assert sweep.summary_metric([run], "accuracy", "max") == ("accuracy", "max")
+    with pytest.raises(ValueError, match="--metric_mode .* --metric=accuracy"):
+        sweep.summary_metric([run], "accuracy", None)
