@@ -486,7 +486,10 @@ def _available_cores() -> list[int]:
 
 
 def _start(run: Run, cores: tuple[int, ...]) -> tuple[subprocess.Popen, TextIO]:
-    """Start the run's trainer command, pinned to `cores`, appending to `<workdir>/train.log`."""
+    """Start the run's trainer command, pinned to `cores`, appending to `<workdir>/train.log`.
+
+    In a session of its own, so that a Ctrl-C in the terminal reaches only the sweep, which then
+    sends each trainer exactly one SIGTERM (a second signal would cut short its final save)."""
     os.makedirs(run.workdir, exist_ok=True)
     log = open(os.path.join(run.workdir, "train.log"), "a")
     log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} on cores {list(cores)}: "
@@ -495,7 +498,8 @@ def _start(run: Run, cores: tuple[int, ...]) -> tuple[subprocess.Popen, TextIO]:
     env = dict(os.environ, **{var: str(len(cores)) for var in _THREAD_VARS})
     pin = (lambda: os.sched_setaffinity(0, cores)) if hasattr(os, "sched_setaffinity") else None
     process = subprocess.Popen(run.command, stdout=log, stderr=subprocess.STDOUT,
-                               stdin=subprocess.DEVNULL, env=env, preexec_fn=pin)
+                               stdin=subprocess.DEVNULL, env=env, preexec_fn=pin,
+                               start_new_session=True)
     return process, log
 
 
@@ -740,7 +744,10 @@ def main(argv: list[str]) -> None:
             f.write(script)
         print(f"wrote {script_path}; submit it with: sbatch {script_path}")
         return
-    codes = run_local(runs, parallel=FLAGS.parallel)
+    try:
+        codes = run_local(runs, parallel=FLAGS.parallel)
+    except (KeyboardInterrupt, _Stop):
+        sys.exit(130)  # run_local said what stopped and how to resume
     print(write_summary(workdir, runs, metric, mode), end="")
     failed = [run for run in runs if codes.get(run.name)]
     if failed:

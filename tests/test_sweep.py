@@ -2,10 +2,13 @@
 failures, skipping finished runs), a real two-run sweep with its summary, and the SLURM script."""
 
 import csv
+import dataclasses
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -146,6 +149,38 @@ def test_local_launcher_pins_workers_skips_finished_and_reports_failures(tmp_pat
         assert tuple(affinity) in shares and threads == str(len(affinity))
     assert sweep.core_shares([0, 1, 2, 3, 4], 2) == [(0, 1, 2), (3, 4)]
     assert sweep.core_shares([0, 1], 3) == [(0,), (1,), (0,)]
+
+
+STOPPABLE = """
+import os, signal, sys, time
+def stop(signum, frame):
+    open(sys.argv[1] + '.stopped', 'w').write(str(signum))
+    sys.exit(1)
+signal.signal(signal.SIGTERM, stop)
+open(sys.argv[1] + '.started', 'w').close()
+time.sleep(60)
+"""
+
+
+def test_stopping_the_sweep_stops_each_trainer_with_one_sigterm(tmp_path):
+    runs = [dataclasses.replace(_stand_in(tmp_path, f"r{i}", STOPPABLE),
+                                command=(sys.executable, "-c", STOPPABLE, str(tmp_path / f"r{i}")))
+            for i in range(2)]
+    sweep.save_runs(str(tmp_path), runs)
+    launcher = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from attnx import sweep; "
+         "sweep.run_local(sweep.load_runs(sys.argv[1]), parallel=2, poll_s=0.05)", str(tmp_path)],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    started = [tmp_path / f"r{i}.started" for i in range(2)]
+    deadline = time.monotonic() + 60
+    while not all(p.exists() for p in started) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    launcher.send_signal(signal.SIGTERM)
+    out, _ = launcher.communicate(timeout=60)
+    assert launcher.returncode != 0
+    assert "stopping 2 running run(s); re-run the sweep command to resume them" in out
+    for i in range(2):
+        assert (tmp_path / f"r{i}.stopped").read_text() == str(int(signal.SIGTERM))
 
 
 # ----------------------------------------------------------------------------------------------
