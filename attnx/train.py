@@ -333,7 +333,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     base_rng = jax.random.key(config.seed)
     writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
     if start_step == 0:
-        writer.hparams(config_lib.flatten(config), {"eval/loss": float("nan")})
+        writer.hparams(config_lib.flatten(config))
     evaluator = Evaluator(config, task, dataset, eval_step, graphdef, batch_sharding, writer,
                           manager, best)
     progress, profile = Progress(config, writer), Profile(workdir, start_step, config.profile_steps)
