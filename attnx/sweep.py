@@ -1,9 +1,9 @@
-r"""Sweeps: expand a config's grid into runs, run them locally in parallel or as a SLURM array,
-and compare their metrics in one table.
+r"""Sweeps: expand a config's grid into runs, run them locally in parallel or as submitit jobs
+(SLURM), and compare them in one table, two plots and TensorBoard's HParams dashboard.
 
     python -m attnx.sweep --config=configs/lra_listops.py --workdir=runs/listops_sweep \
-        [--parallel=2] [--launcher=local|slurm] [--dry_run] [--sweep=KEY=V1,V2 ...] \
-        [--config.a.b=value ...]
+        [--parallel=2] [--launcher=local|slurm|submitit_local] [--dry_run] \
+        [--sweep=KEY=V1,V2 ...] [--config.a.b=value ...]
     python -m attnx.sweep --summarize --workdir=runs/listops_sweep
 
 What runs where. This process only expands and checks the grid, schedules runs and reads their
@@ -12,9 +12,11 @@ results; it never trains. Every run is an ordinary trainer command,
     python -m attnx.train --config=configs/x.py[:arg] --workdir=WORKDIR/<run name> --config.k=v ...
 
 in a process of its own: with `--launcher=local`, a child of this process pinned to its share of
-this machine's cores; with `--launcher=slurm`, one task of a SLURM job array started by `srun` on a
-cluster node (this process only writes the batch script). So everything a single run does
-(checkpoints, resume, TensorBoard and its HParams tab, `--mode=eval`) holds for each run of a sweep.
+this machine's cores; with `--launcher=slurm`, a child of a submitit job (one per run, all in one
+SLURM job array) on the cluster's nodes — one per task, so a job of several tasks is one
+multi-host run (`attnx.distributed`); `--launcher=submitit_local` runs the same jobs here. So
+everything a single run does (checkpoints, resume, TensorBoard, `--mode=eval`) holds for each run
+of a sweep.
 
 A sweep is a list of override dicts, one per run: `get_sweep(arg)` in the config file, or in a
 sibling `configs/<name>_sweep.py` (`arg` is the config argument given with `--config`, or None),
@@ -30,8 +32,9 @@ same name or the same resolved config) is a ValueError before any run starts. Re
 sweep command skips finished runs (a checkpoint at `num_train_steps`) and resumes the others.
 
 `WORKDIR/sweep.json` records the runs; at the end of a local sweep, or with `--summarize`, each
-run's final and best `eval/<metric>` are read from its TensorBoard events into
-`WORKDIR/summary.md` and `WORKDIR/summary.csv`.
+run's final and best `eval/<metric>` are read from its TensorBoard events into `summary.md` and
+`summary.csv` (runs that differ only in `seed` also get mean ± std), `summary.png` and
+`curves.png` in WORKDIR, and TensorBoard's HParams dashboard for `tensorboard --logdir WORKDIR`.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -367,20 +371,27 @@ def status(run: Run) -> str:
     return "finished" if steps >= run.num_train_steps else f"step {steps}/{run.num_train_steps}"
 
 
-def read_metric(workdir: str, metric: str, mode: str) -> dict[str, float] | None:
-    """Final and best `eval/<metric>` (and their steps) from the run's TensorBoard events, or
-    None if it has not evaluated yet. A resumed run's repeated steps keep the later value."""
+def read_scalars(workdir: str, tag: str) -> dict[int, float]:
+    """Scalar `tag` by step from the run's TensorBoard events ({} if none yet); a resumed run's
+    repeated steps keep the later value."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     logdir = os.path.join(workdir, "tensorboard")
     if not os.path.isdir(logdir):
-        return None
+        return {}
     events = EventAccumulator(logdir, size_guidance={"scalars": 0})
     events.Reload()
-    tag = f"eval/{metric}"
     if tag not in events.Tags()["scalars"]:
+        return {}
+    return {e.step: e.value for e in events.Scalars(tag)}
+
+
+def read_metric(workdir: str, metric: str, mode: str) -> dict[str, float] | None:
+    """Final and best `eval/<metric>` (and their steps) of the run, or None if it has not
+    evaluated yet."""
+    values = read_scalars(workdir, f"eval/{metric}")
+    if not values:
         return None
-    values = {e.step: e.value for e in events.Scalars(tag)}
     pick = min if mode == "min" else max
     best_step = pick(sorted(values), key=lambda s: values[s])
     final_step = max(values)
@@ -389,7 +400,7 @@ def read_metric(workdir: str, metric: str, mode: str) -> dict[str, float] | None
 
 
 # ----------------------------------------------------------------------------------------------
-# The summary table.
+# The summary: tables, plots and the HParams dashboard.
 
 
 def summary_rows(runs: Sequence[Run], metric: str, mode: str) -> list[dict[str, Any]]:
@@ -406,9 +417,39 @@ def summary_rows(runs: Sequence[Run], metric: str, mode: str) -> list[dict[str, 
                     f"best {metric}": None if found is None else found["best"],
                     "best step": None if found is None else found["best_step"]})
         rows.append(row)
+    return _sorted(rows, f"best {metric}", mode)
+
+
+def _sorted(rows: list[dict[str, Any]], column: str, mode: str) -> list[dict[str, Any]]:
     sign = 1 if mode == "min" else -1
-    return sorted(rows, key=lambda r: (r[f"best {metric}"] is None,
-                                       sign * (r[f"best {metric}"] or 0.0)))
+    return sorted(rows, key=lambda r: (r[column] is None, sign * (r[column] or 0.0)))
+
+
+def seed_groups(rows: Sequence[dict[str, Any]], metric: str,
+                mode: str) -> list[dict[str, Any]] | None:
+    """With `seed` among the swept keys: one row per group of runs that differ only in their
+    seed, with the number of seeds evaluated and the mean and standard deviation (n - 1) of the
+    final and best `metric` over them, best mean first; otherwise None."""
+    if "seed" not in rows[0]:
+        return None
+    keys = list(rows[0])[1:list(rows[0]).index("status")]
+    others = [k for k in keys if k != "seed"]
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row[k] for k in others), []).append(row)
+    table = []
+    for values, members in groups.items():
+        out = {"runs": ",".join(f"{k}={v}" for k, v in zip(others, values) if v) or "all"}
+        out.update(zip(others, values))
+        out["seeds"] = ",".join(r["seed"] for r in members)
+        for which in ("final", "best"):
+            found = [r[f"{which} {metric}"] for r in members if r[f"{which} {metric}"] is not None]
+            mean = sum(found) / len(found) if found else None
+            std = ((sum((v - mean) ** 2 for v in found) / (len(found) - 1)) ** 0.5
+                   if len(found) > 1 else None)
+            out[f"{which} {metric} mean"], out[f"{which} {metric} std"] = mean, std
+        table.append(out)
+    return _sorted(table, f"best {metric} mean", mode)
 
 
 def _cell(value: Any) -> str:
@@ -449,15 +490,98 @@ def summary_metric(runs: Sequence[Run], metric: str | None,
     return metric, mode
 
 
+def plot_metric(path: str, rows: Sequence[dict[str, Any]], groups: Sequence[dict[str, Any]] | None,
+                metric: str, mode: str) -> None:
+    """A bar per run (or per seed group, with its standard deviation) of the best `metric`."""
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    if groups:
+        labels = [g["runs"] for g in groups]
+        values = [g[f"best {metric} mean"] for g in groups]
+        errors = [g[f"best {metric} std"] or 0.0 for g in groups]
+    else:
+        labels, values, errors = [r["run"] for r in rows], [r[f"best {metric}"] for r in rows], None
+    values = [float("nan") if v is None else v for v in values]
+    figure, ax = plt.subplots(figsize=(8, 0.5 * len(labels) + 1.5))
+    ax.barh(range(len(labels)), values, xerr=errors, capsize=3)
+    ax.set_yticks(range(len(labels)), labels, fontsize=8)
+    ax.invert_yaxis()  # best first, as in the table
+    ax.set_xlabel(f"best eval/{metric} ({'lower' if mode == 'min' else 'higher'} is better)"
+                  + (", mean ± std over seeds" if groups else ""))
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def plot_curves(path: str, runs: Sequence[Run], metric: str) -> None:
+    """`train/loss` and `eval/<metric>` against the step, one line per run, on one figure."""
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for ax, tag in zip(axes, ("train/loss", f"eval/{metric}")):
+        for run in runs:
+            values = read_scalars(run.workdir, tag)
+            if values:
+                steps = sorted(values)
+                ax.plot(steps, [values[s] for s in steps], marker=".", label=run.name)
+        ax.set_xlabel("step")
+        ax.set_title(tag)
+    axes[1].legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def write_hparams(workdir: str, runs: Sequence[Run], metric: str, mode: str) -> None:
+    """Declare the HParams dashboard of `tensorboard --logdir WORKDIR`: its columns are the
+    config fields the runs change, its metrics final `eval/<metric>`, `eval/loss` and
+    `train/loss`, and the best `eval/<metric>` (written to each run's `tensorboard/sweep/`, in
+    the metric group `sweep`) — each run's own HParams (its whole config) give the values."""
+    from attnx.summary import SummaryWriter
+
+    changed: dict[str, Any] = {}
+    for run in runs:
+        changed.update({k: new for k, (_, new) in run.changes.items() if k not in changed})
+    tags = list(dict.fromkeys([f"eval/{metric}", "eval/loss", "train/loss"]))
+    for run in runs:
+        logdir = os.path.join(run.workdir, "tensorboard", "sweep")
+        shutil.rmtree(logdir, ignore_errors=True)
+        found = read_metric(run.workdir, metric, mode)
+        if found is not None:
+            writer = SummaryWriter(logdir, enabled=True)
+            writer.scalars(found["best_step"], {f"best/eval/{metric}": found["best"]})
+            writer.close()
+    logdir = os.path.join(workdir, "hparams")
+    shutil.rmtree(logdir, ignore_errors=True)
+    writer = SummaryWriter(logdir, enabled=True)
+    writer.experiment(changed, [(tag, "") for tag in tags] + [(f"best/eval/{metric}", "sweep")])
+    writer.close()
+
+
 def write_summary(workdir: str, runs: Sequence[Run], metric: str, mode: str) -> str:
-    """Write `workdir/summary.md` and `summary.csv`; returns the Markdown table."""
+    """Write the summary of `runs` next to `workdir/sweep.json`: `summary.md` and `summary.csv`
+    (with seeds swept, also the seed groups' table, `summary_seeds.csv`), `summary.png` (the
+    best metric of each run or group), `curves.png` (every run's learning curves) and the
+    HParams dashboard (`write_hparams`). Returns the Markdown tables."""
     rows = summary_rows(runs, metric, mode)
-    table = to_markdown(rows)
+    groups = seed_groups(rows, metric, mode)
+    tables = to_markdown(rows)
+    if groups:
+        tables += f"\nMean and standard deviation over seeds:\n\n{to_markdown(groups)}"
+        with open(os.path.join(workdir, "summary_seeds.csv"), "w", newline="") as f:
+            f.write(to_csv(groups))
     with open(os.path.join(workdir, "summary.md"), "w") as f:
-        f.write(f"Runs of {workdir}, best `eval/{metric}` ({mode}) first.\n\n{table}")
+        f.write(f"Runs of {workdir}, best `eval/{metric}` ({mode}) first.\n\n{tables}")
     with open(os.path.join(workdir, "summary.csv"), "w", newline="") as f:
         f.write(to_csv(rows))
-    return table
+    plot_metric(os.path.join(workdir, "summary.png"), rows, groups, metric, mode)
+    plot_curves(os.path.join(workdir, "curves.png"), runs, metric)
+    write_hparams(workdir, runs, metric, mode)
+    return tables
 
 
 # ----------------------------------------------------------------------------------------------
@@ -589,51 +713,132 @@ def run_local(runs: Sequence[Run], *, parallel: int, out: TextIO | None = None,
 
 
 # ----------------------------------------------------------------------------------------------
-# The SLURM launcher: a job array script, one task per unfinished run.
+# The submitit launchers: one job per run, on SLURM (or on this machine, to try it).
 
 
-def slurm_script(runs: Sequence[Run], *, job_name: str, workdir: str, parallel: int,
-                 time_limit: str, cpus_per_task: int, gpus_per_task: int = 0,
-                 partition: str | None = None, setup: str | None = None,
-                 cwd: str | None = None) -> str | None:
-    """An `sbatch` script whose array tasks are the unfinished `runs` (task i is `runs[i]`, so
-    indices stay stable as runs finish), at most `parallel` running at once; None if every run is
-    finished.
+class TrainerJob:
+    """What a submitit job runs: the run's trainer command, in `cwd`, appending to its
+    `train.log`, with its thread pools sized to `threads` cores.
 
-    Each task `cd`s to `cwd` (default: here), runs `setup` (e.g. activating a virtualenv), and
-    starts the run's trainer command with `srun`, appending to the run's `train.log`.
-    `--signal=TERM@60` has SLURM send SIGTERM to the trainer 60 s before the time limit: it stops
-    with its last complete checkpoint whole, and re-running the sweep (then `sbatch`) resumes it.
+    submitit calls `checkpoint` (on task 0) when SLURM signals the end of the time limit or a
+    preemption: the trainer gets SIGTERM, keeps its last complete checkpoint, and the job is
+    requeued with a fresh `TrainerJob`, which resumes it. The trainer ignores SLURM's own signal
+    (USR2), which only submitit acts on."""
+
+    def __init__(self, run: Run, cwd: str, threads: int):
+        self.run, self.cwd, self.threads = run, cwd, threads
+        self._process: subprocess.Popen | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_process": None}
+
+    def __call__(self) -> None:
+        """Raises:
+          RuntimeError: the trainer failed (naming its exit code and log)."""
+        os.makedirs(self.run.workdir, exist_ok=True)
+        log_path = os.path.join(self.run.workdir, "train.log")
+        env = dict(os.environ, **{var: str(self.threads) for var in _THREAD_VARS})
+        with open(log_path, "a") as log:
+            log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} (submitit job): "
+                      f"{shlex.join(self.run.command)}\n")
+            log.flush()
+            self._process = subprocess.Popen(
+                self.run.command, cwd=self.cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                preexec_fn=lambda: signal.signal(signal.SIGUSR2, signal.SIG_IGN))
+            # poll, not wait(): `checkpoint` may run (in a signal handler) meanwhile.
+            while (code := self._process.poll()) is None:
+                time.sleep(1.0)
+        if code:
+            raise RuntimeError(f"run {self.run.name} failed (exit code {code}); its log: "
+                               f"{log_path}")
+
+    def checkpoint(self) -> Any:
+        import submitit
+
+        if self._process is not None and self._process.poll() is None:
+            self._process.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + 60
+            while self._process.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.5)
+        return submitit.helpers.DelayedSubmission(TrainerJob(self.run, self.cwd, self.threads))
+
+
+@dataclasses.dataclass(frozen=True)
+class Resources:
+    """What each run's job asks for (`--slurm_*` flags)."""
+    timeout_min: int = 240
+    nodes: int = 1
+    tasks_per_node: int = 1
+    cpus_per_task: int = 4
+    gpus_per_node: int = 0
+    partition: str | None = None
+    setup: tuple[str, ...] = ()
+
+
+def make_executor(launcher: str, folder: str, resources: Resources, *, name: str,
+                  parallel: int) -> Any:
+    """A submitit executor: `slurm` (sbatch job arrays, at most `parallel` jobs running) or
+    `submitit_local` (the same jobs as processes here).
+
+    Raises:
+      ValueError: another launcher.
     """
-    todo = [i for i, run in enumerate(runs) if not is_finished(run)]
-    if not todo:
-        return None
-    directives = [f"--job-name={job_name}", f"--array={','.join(map(str, todo))}%{parallel}",
-                  "--ntasks=1", f"--cpus-per-task={cpus_per_task}", f"--time={time_limit}",
-                  "--signal=TERM@60", "--open-mode=append",
-                  f"--output={os.path.join(workdir, 'slurm', '%A_%a.out')}"]
-    if gpus_per_task:
-        directives.append(f"--gpus-per-task={gpus_per_task}")
-    if partition:
-        directives.append(f"--partition={partition}")
-    lines = ["#!/bin/bash",
-             f"# {len(todo)} unfinished run(s) of the sweep in {workdir}, one array task each "
-             "(written by python -m attnx.sweep --launcher=slurm; re-run it to refresh).",
-             *(f"#SBATCH {d}" for d in directives),
-             "set -euo pipefail",
-             f"cd {shlex.quote(cwd or os.getcwd())}"]
-    if setup:
-        lines.append(setup)
-    lines += ["export " + " ".join(f"{v}=$SLURM_CPUS_PER_TASK" for v in _THREAD_VARS),
-              'case "$SLURM_ARRAY_TASK_ID" in']
-    for i in todo:
-        run = runs[i]
-        log = shlex.quote(os.path.join(run.workdir, "train.log"))
-        lines += [f"  {i})  # {run.name}",
-                  f"    mkdir -p {shlex.quote(run.workdir)}",
-                  f"    srun {shlex.join(run.command)} >> {log} 2>&1 ;;"]
-    lines += ['  *) echo "no run for array task $SLURM_ARRAY_TASK_ID" >&2; exit 1 ;;', "esac"]
-    return "\n".join(lines) + "\n"
+    import submitit
+
+    clusters = {"slurm": "slurm", "submitit_local": "local"}
+    if launcher not in clusters:
+        raise ValueError(f"--launcher must be one of {', '.join(clusters)} for submitit, got "
+                         f"{launcher!r}")
+    executor = submitit.AutoExecutor(folder=folder, cluster=clusters[launcher])
+    slurm = {"slurm_array_parallelism": parallel, "slurm_setup": list(resources.setup),
+             **({"slurm_partition": resources.partition} if resources.partition else {})}
+    executor.update_parameters(name=name, timeout_min=resources.timeout_min,
+                               nodes=resources.nodes, tasks_per_node=resources.tasks_per_node,
+                               cpus_per_task=resources.cpus_per_task,
+                               gpus_per_node=resources.gpus_per_node, **slurm)
+    return executor
+
+
+def submit(runs: Sequence[Run], executor: Any, *, threads: int,
+           out: TextIO | None = None) -> list[tuple[Run, Any]]:
+    """Submit one job per unfinished run (one SLURM job array); returns (run, job) pairs."""
+    say = lambda message: print(message, file=out or sys.stdout, flush=True)  # noqa: E731
+    todo = []
+    for run in runs:
+        if is_finished(run):
+            say(f"skip {run.name}: finished")
+        else:
+            todo.append(run)
+    jobs = []
+    if todo:
+        with executor.batch():
+            jobs = [executor.submit(TrainerJob(run, os.getcwd(), threads)) for run in todo]
+    for run, job in zip(todo, jobs):
+        say(f"submitted {run.name}: job {job.job_id} (submitit log {job.paths.stdout})")
+    return list(zip(todo, jobs))
+
+
+def wait_jobs(jobs: Sequence[tuple[Run, Any]], *, out: TextIO | None = None,
+              poll_s: float = 1.0) -> dict[str, int]:
+    """Wait for the jobs, printing each end or failure (with the run's log); returns each run's
+    exit code by name (1 for a failed job)."""
+    say = lambda message: print(message, file=out or sys.stdout, flush=True)  # noqa: E731
+    codes: dict[str, int] = {}
+    while len(codes) < len(jobs):
+        for run, job in jobs:
+            if run.name in codes or not job.done():
+                continue
+            try:
+                job.result()
+                codes[run.name] = 0
+                say(f"done {run.name}")
+            except Exception:  # submitit's FailedJobError, naming its own log
+                codes[run.name] = 1
+                say(f"FAILED {run.name} (job {job.job_id}); its log: "
+                    f"{os.path.join(run.workdir, 'train.log')} (submitit's: {job.paths.stderr})")
+        time.sleep(poll_s)
+    return codes
 
 
 # ----------------------------------------------------------------------------------------------
@@ -660,8 +865,10 @@ def _define_flags() -> None:
                               ":name for a config argument); axes and get_sweep() multiply.")
     flags.DEFINE_boolean("config_sweep", True, "Use the config's get_sweep() (or its "
                          "<name>_sweep.py sibling's); --noconfig_sweep: only the --sweep axes.")
-    flags.DEFINE_enum("launcher", "local", ["local", "slurm"], "local: run here in parallel; "
-                      "slurm: write WORKDIR/slurm/sweep.sbatch (a job array) to submit.")
+    flags.DEFINE_enum("launcher", "local", ["local", "slurm", "submitit_local"],
+                      "local: worker processes here; slurm: one submitit job per run (a job "
+                      "array), submitted and left to run; submitit_local: the same jobs as "
+                      "processes here, waited for.")
     flags.DEFINE_integer("parallel", 1, "Runs at once: local worker processes (each pinned to "
                          "its share of the cores), or the SLURM array's running-task limit.")
     flags.DEFINE_boolean("dry_run", False, "Print each run's status, command and config "
@@ -672,12 +879,17 @@ def _define_flags() -> None:
                         "best_metric).")
     flags.DEFINE_enum("metric_mode", None, ["min", "max"], "Whether lower or higher --metric is "
                       "better (default: the runs' best_mode).")
-    flags.DEFINE_string("slurm_time", "04:00:00", "SLURM: time limit of each run.")
-    flags.DEFINE_integer("slurm_cpus_per_task", 4, "SLURM: CPU cores of each run.")
-    flags.DEFINE_integer("slurm_gpus_per_task", 0, "SLURM: GPUs of each run.")
-    flags.DEFINE_string("slurm_partition", None, "SLURM: partition.")
-    flags.DEFINE_string("slurm_setup", None, "SLURM: a shell line each task runs first, e.g. "
-                        "'source .venv/bin/activate'.")
+    flags.DEFINE_integer("slurm_timeout_min", 240, "submitit: time limit of each job, in "
+                         "minutes (a run cut off resumes in its requeued job).")
+    flags.DEFINE_integer("slurm_nodes", 1, "submitit: nodes of each run (several: one "
+                         "multi-host run, jax.distributed detected).")
+    flags.DEFINE_integer("slurm_tasks_per_node", 1, "submitit: trainer processes per node "
+                         "(e.g. one per GPU).")
+    flags.DEFINE_integer("slurm_cpus_per_task", 4, "submitit: CPU cores of each task.")
+    flags.DEFINE_integer("slurm_gpus_per_node", 0, "submitit: GPUs of each node.")
+    flags.DEFINE_string("slurm_partition", None, "submitit: SLURM partition.")
+    flags.DEFINE_multi_string("slurm_setup", [], "submitit: a shell line each SLURM job runs "
+                              "first, e.g. 'source .venv/bin/activate' (repeatable).")
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
@@ -692,10 +904,11 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str]) -> None:
-    from absl import app, flags
+    from absl import app, flags, logging
 
     from attnx.train import default_workdir
 
+    logging.set_verbosity(logging.WARNING)  # keep TensorBoard's event reading quiet
     FLAGS = flags.FLAGS
     shared = dict(a.removeprefix("--config.").split("=", 1) for a in argv[1:]
                   if a.startswith("--config."))
@@ -727,27 +940,25 @@ def main(argv: list[str]) -> None:
         return
     save_runs(workdir, runs)
     metric, mode = summary_metric(runs, FLAGS.metric, FLAGS.metric_mode)
-    if FLAGS.launcher == "slurm":
-        script = slurm_script(runs, job_name=os.path.basename(os.path.normpath(workdir)),
-                              workdir=workdir, parallel=FLAGS.parallel,
-                              time_limit=FLAGS.slurm_time,
-                              cpus_per_task=FLAGS.slurm_cpus_per_task,
-                              gpus_per_task=FLAGS.slurm_gpus_per_task,
-                              partition=FLAGS.slurm_partition, setup=FLAGS.slurm_setup)
-        if script is None:
-            print(f"all {len(runs)} runs are finished")
-            print(write_summary(workdir, runs, metric, mode), end="")
+    if FLAGS.launcher != "local":
+        resources = Resources(FLAGS.slurm_timeout_min, FLAGS.slurm_nodes,
+                              FLAGS.slurm_tasks_per_node, FLAGS.slurm_cpus_per_task,
+                              FLAGS.slurm_gpus_per_node, FLAGS.slurm_partition,
+                              tuple(FLAGS.slurm_setup))
+        executor = make_executor(FLAGS.launcher, os.path.join(workdir, "submitit"), resources,
+                                 name=os.path.basename(os.path.normpath(workdir)),
+                                 parallel=FLAGS.parallel)
+        jobs = submit(runs, executor, threads=FLAGS.slurm_cpus_per_task)
+        if FLAGS.launcher == "slurm":
+            print(f"{len(jobs)} job(s) submitted; the summary, when they end: python -m "
+                  f"attnx.sweep --summarize --workdir={workdir}")
             return
-        os.makedirs(os.path.join(workdir, "slurm"), exist_ok=True)
-        script_path = os.path.join(workdir, "slurm", "sweep.sbatch")
-        with open(script_path, "w") as f:
-            f.write(script)
-        print(f"wrote {script_path}; submit it with: sbatch {script_path}")
-        return
-    try:
-        codes = run_local(runs, parallel=FLAGS.parallel)
-    except (KeyboardInterrupt, _Stop):
-        sys.exit(130)  # run_local said what stopped and how to resume
+        codes = wait_jobs(jobs)
+    else:
+        try:
+            codes = run_local(runs, parallel=FLAGS.parallel)
+        except (KeyboardInterrupt, _Stop):
+            sys.exit(130)  # run_local said what stopped and how to resume
     print(write_summary(workdir, runs, metric, mode), end="")
     failed = [run for run in runs if codes.get(run.name)]
     if failed:

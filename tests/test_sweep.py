@@ -1,8 +1,10 @@
 """`python -m attnx.sweep`: grid expansion and naming, bad grids, the local launcher (pinning,
-failures, skipping finished runs), a real two-run sweep with its summary, and the SLURM script."""
+failures, stopping), real sweeps (killed and re-run; summary, plots and the HParams dashboard;
+submitit's local executor with a failing run) and seed groups."""
 
 import csv
 import dataclasses
+import json
 import os
 import shutil
 import signal
@@ -184,93 +186,169 @@ def test_stopping_the_sweep_stops_each_trainer_with_one_sigterm(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------
-# A real sweep: two tiny language models, two workers.
+# Real sweeps of tiny language models.
+
+TINY = dict(num_train_steps=6, eval_every=3, checkpoint_every=3, log_every=3, eval_batches=1,
+            num_samples=0, **{"data.seq_len": 32, "model.max_len": 32, "model.num_layers": 1,
+                              "model.d_model": 32, "model.d_ff": 64})
+LR_RUNS = ["optimizer.learning_rate=0.001", "optimizer.learning_rate=0.003"]
+ENV = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one device per run
 
 
-def _sweep_command(data_dir, workdir, *extra):
-    tiny = dict(num_train_steps=6, eval_every=3, checkpoint_every=3, log_every=3, eval_batches=1,
-                num_samples=0, **{"data.seq_len": 32, "model.max_len": 32, "model.num_layers": 1,
-                                  "model.d_model": 32, "model.d_ff": 64, "data.data_dir": data_dir})
+def _sweep_command(data_dir, workdir, axis, *extra):
     return [sys.executable, "-m", "attnx.sweep", f"--config={LM}:smoke", f"--workdir={workdir}",
-            "--noconfig_sweep", "--sweep=optimizer.learning_rate=1e-3,3e-3", *extra,
-            *(f"--config.{k}={v}" for k, v in tiny.items())]
+            "--noconfig_sweep", f"--sweep={axis}", *extra,
+            *(f"--config.{k}={v}" for k, v in {**TINY, "data.data_dir": data_dir}.items())]
 
 
-def test_local_sweep_runs_summarizes_and_skips_finished_runs(data_dir, tmp_path):
-    workdir = str(tmp_path / "lr_sweep")
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one device per run
+def _wait_for(paths, timeout_s=120.0):
+    deadline = time.monotonic() + timeout_s
+    while not all(os.path.exists(p) for p in paths):
+        assert time.monotonic() < deadline, f"timed out waiting for {paths}"
+        time.sleep(0.1)
 
-    def sweep_cli(*extra):
-        result = subprocess.run(_sweep_command(data_dir, workdir, *extra), cwd=REPO, env=env,
-                                capture_output=True, text=True)
-        assert result.returncode == 0, result.stdout + result.stderr
-        return result.stdout
 
-    out = sweep_cli("--parallel=2")
-    names = ["optimizer.learning_rate=0.001", "optimizer.learning_rate=0.003"]
-    for name in names:
-        assert f"start {name} on cores" in out and f"done {name} in" in out
+@pytest.fixture(scope="module")
+def lr_sweep(data_dir, tmp_path_factory):
+    """A two-run sweep killed (SIGTERM) once its first run has finished and its second started,
+    then re-run to the end: (workdir, the killed sweep's output, the re-run's output)."""
+    workdir = str(tmp_path_factory.mktemp("lr") / "sweep")
+    command = _sweep_command(data_dir, workdir, "optimizer.learning_rate=1e-3,3e-3")
+    killed = subprocess.Popen(command + ["--parallel=1"], cwd=REPO, env=ENV, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    _wait_for([os.path.join(workdir, LR_RUNS[0], "checkpoints", "6"),
+               os.path.join(workdir, LR_RUNS[1], "train.log")])
+    killed.send_signal(signal.SIGTERM)
+    killed_out, _ = killed.communicate(timeout=120)
+    assert killed.returncode == 130, killed_out
+    again = subprocess.run(command + ["--parallel=2"], cwd=REPO, env=ENV, capture_output=True,
+                           text=True)
+    assert again.returncode == 0, again.stdout + again.stderr
+    return workdir, killed_out, again.stdout
+
+
+def test_killed_sweep_reruns_only_its_unfinished_run(lr_sweep):
+    workdir, killed_out, out = lr_sweep
+    assert f"done {LR_RUNS[0]} in" in killed_out
+    assert "stopping 1 running run(s); re-run the sweep command to resume them" in killed_out
+    assert f"skip {LR_RUNS[0]}: finished" in out and f"start {LR_RUNS[0]}" not in out
+    assert f"start {LR_RUNS[1]} on cores" in out and f"done {LR_RUNS[1]} in" in out
+    assert "sweep: 1 done, 0 running, 0 failed, 0 waiting" in out
+    log = open(os.path.join(workdir, LR_RUNS[0], "train.log")).read()
+    assert log.count("\n=== ") == 1  # its trainer was started once
+    for name in LR_RUNS:
         assert sorted(os.listdir(os.path.join(workdir, name, "checkpoints"))) == ["3", "6"]
-    assert "sweep: 2 done, 0 running, 0 failed, 0 waiting" in out
+
+
+def test_sweep_summary_table_csv_and_plots(lr_sweep, data_dir):
+    workdir, _, out = lr_sweep
     assert "| run | optimizer.learning_rate | status | final bits_per_byte |" in out
     with open(os.path.join(workdir, "summary.csv")) as f:
         rows = list(csv.DictReader(f))
-    assert sorted(r["run"] for r in rows) == names
+    assert sorted(r["run"] for r in rows) == LR_RUNS
     assert all(r["status"] == "finished" and r["best step"] in ("3", "6") for r in rows)
     best = [float(r["best bits_per_byte"]) for r in rows]
     assert best == sorted(best) and all(0 < b < 9 for b in best)
     assert open(os.path.join(workdir, "summary.md")).read().count("| optimizer.learning_rate=") == 2
+    for png in ("summary.png", "curves.png"):
+        with open(os.path.join(workdir, png), "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert not os.path.exists(os.path.join(workdir, "summary_seeds.csv"))  # no seed axis
 
     # Re-running starts nothing; a run that lost its last checkpoint resumes from the one before.
-    again = sweep_cli("--parallel=2")
-    assert "start" not in again and again.count(": finished") == 2
-    shutil.rmtree(os.path.join(workdir, names[1], "checkpoints", "6"))
+    again = subprocess.run(_sweep_command(data_dir, workdir, "optimizer.learning_rate=1e-3,3e-3"),
+                           cwd=REPO, env=ENV, capture_output=True, text=True)
+    assert again.returncode == 0 and "start" not in again.stdout
+    shutil.rmtree(os.path.join(workdir, LR_RUNS[1], "checkpoints", "6"))
     runs = sweep.load_runs(workdir)
     assert [sweep.status(r) for r in runs] == ["finished", "step 3/6"]
-    assert f"{names[1]}  [step 3/6]" in sweep._plan(runs)  # what --dry_run prints
+    assert f"{LR_RUNS[1]}  [step 3/6]" in sweep._plan(runs)  # what --dry_run prints
     assert "| step 3/6 |" in sweep.write_summary(workdir, runs, "bits_per_byte", "min")
 
 
-# ----------------------------------------------------------------------------------------------
-# The SLURM launcher: the job array script (nothing is submitted).
+def _hparams_dashboard(logdir):
+    """What TensorBoard's HParams plugin serves for `tensorboard --logdir logdir`: the
+    experiment, and each session group's hparams and metric values by tag."""
+    from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
+    from tensorboard.plugins import base_plugin
+    from tensorboard.plugins.hparams import hparams_plugin
+    from werkzeug import test as werkzeug_test
+    from werkzeug import wrappers
+
+    events = plugin_event_multiplexer.EventMultiplexer()
+    events.AddRunsFromDirectory(logdir)
+    events.Reload()
+    apps = hparams_plugin.HParamsPlugin(base_plugin.TBContext(
+        logdir=logdir, multiplexer=events,
+        data_provider=data_provider.MultiplexerDataProvider(events, logdir))).get_plugin_apps()
+
+    def post(route, body):
+        environ = werkzeug_test.EnvironBuilder(method="POST", data=json.dumps(body),
+                                               content_type="application/json").get_environ()
+        return json.loads(wrappers.Response.from_app(apps[route], environ).get_data())
+
+    experiment = post("/experiment", {"experimentName": ""})
+    groups = post("/session_groups", {
+        "experimentName": "", "startIndex": 0, "sliceSize": 100, "colParams": [],
+        "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE",
+                            "STATUS_RUNNING"]})["sessionGroups"]
+    return experiment, {g["name"]: (g["hparams"], {m["name"]["tag"]: m["value"]
+                                                   for m in g["metricValues"]})
+                        for g in groups}
 
 
-def test_slurm_script_runs_unfinished_runs_with_srun_and_a_term_signal(tmp_path):
-    workdir = str(tmp_path / "sw")
-    runs = sweep.expand(f"{LM}:smoke", sweep.axis("seed", [1, 2, 3]), workdir=workdir,
-                        python="python")
-    os.makedirs(os.path.join(runs[1].workdir, "checkpoints", str(runs[1].num_train_steps)))
-    script = sweep.slurm_script(runs, job_name="sw", workdir=workdir, parallel=2,
-                                time_limit="01:00:00", cpus_per_task=4, gpus_per_task=1,
-                                partition="gpu", setup="source .venv/bin/activate", cwd="/repo")
-    assert script.splitlines()[:16] == [
-        "#!/bin/bash",
-        f"# 2 unfinished run(s) of the sweep in {workdir}, one array task each (written by python "
-        "-m attnx.sweep --launcher=slurm; re-run it to refresh).",
-        "#SBATCH --job-name=sw",
-        "#SBATCH --array=0,2%2",
-        "#SBATCH --ntasks=1",
-        "#SBATCH --cpus-per-task=4",
-        "#SBATCH --time=01:00:00",
-        "#SBATCH --signal=TERM@60",
-        "#SBATCH --open-mode=append",
-        f"#SBATCH --output={workdir}/slurm/%A_%a.out",
-        "#SBATCH --gpus-per-task=1",
-        "#SBATCH --partition=gpu",
-        "set -euo pipefail",
-        "cd /repo",
-        "source .venv/bin/activate",
-        "export OMP_NUM_THREADS=$SLURM_CPUS_PER_TASK OPENBLAS_NUM_THREADS=$SLURM_CPUS_PER_TASK "
-        "MKL_NUM_THREADS=$SLURM_CPUS_PER_TASK",
-    ]
-    assert (f"    srun python -m attnx.train --config={LM}:smoke --workdir={workdir}/seed=3 "
-            f"--config.seed=3 >> {workdir}/seed=3/train.log 2>&1 ;;") in script
-    assert "  2)  # seed=3" in script and "seed=2" not in script
-    subprocess.run(["bash", "-n"], input=script, text=True, check=True)  # valid shell
-    for run in (runs[0], runs[2]):
-        os.makedirs(os.path.join(run.workdir, "checkpoints", str(run.num_train_steps)))
-    assert sweep.slurm_script(runs, job_name="sw", workdir=workdir, parallel=2,
-                              time_limit="01:00:00", cpus_per_task=4) is None
+def test_hparams_dashboard_compares_every_run(lr_sweep):
+    workdir, _, _ = lr_sweep
+    experiment, groups = _hparams_dashboard(workdir)
+    assert [h["name"] for h in experiment["hparamInfos"]] == ["optimizer.learning_rate"]
+    assert [(m["name"]["tag"], m["name"].get("group", "")) for m in experiment["metricInfos"]] == [
+        ("eval/bits_per_byte", ""), ("eval/loss", ""), ("train/loss", ""),
+        ("best/eval/bits_per_byte", "sweep")]
+    assert sorted(groups) == [f"{name}/tensorboard" for name in LR_RUNS]
+    rows = {r["run"]: r for r in csv.DictReader(open(os.path.join(workdir, "summary.csv")))}
+    for name, lr in zip(LR_RUNS, (1e-3, 3e-3)):
+        hparams, metrics = groups[f"{name}/tensorboard"]
+        assert hparams["optimizer.learning_rate"] == pytest.approx(lr)
+        assert hparams["num_train_steps"] == 6  # each run's whole config
+        assert set(metrics) == {"eval/bits_per_byte", "eval/loss", "train/loss",
+                                "best/eval/bits_per_byte"}
+        assert metrics["best/eval/bits_per_byte"] == pytest.approx(
+            float(rows[name]["best bits_per_byte"]), abs=1e-4)
+
+
+def test_submitit_local_executor_runs_jobs_and_reports_the_failing_one(data_dir, tmp_path):
+    workdir = str(tmp_path / "heads")
+    result = subprocess.run(
+        _sweep_command(data_dir, workdir, "model.num_heads=2,3", "--launcher=submitit_local",
+                       "--slurm_cpus_per_task=1", "--slurm_timeout_min=10"),
+        cwd=REPO, env=ENV, capture_output=True, text=True)
+    assert result.returncode == 1  # one run failed
+    ok, bad = (os.path.join(workdir, f"model.num_heads={n}") for n in (2, 3))
+    assert "done model.num_heads=2" in result.stdout
+    assert f"FAILED model.num_heads=3 (job " in result.stdout
+    assert f"its log: {bad}/train.log" in result.stdout
+    assert "model.num_heads=3 must divide model.d_model=32" in open(f"{bad}/train.log").read()
+    assert sorted(os.listdir(os.path.join(ok, "checkpoints"))) == ["3", "6"]
+    assert "(submitit job)" in open(f"{ok}/train.log").read()
+    assert "| model.num_heads=2 | 2 | finished |" in result.stdout
+    assert "1 run(s) failed: model.num_heads=3" in result.stderr
+
+
+def test_seed_groups_give_mean_and_std_over_seeds():
+    rows = [{"run": f"r{i}", "model": model, "seed": seed, "status": "finished",
+             "final loss": final, "best loss": best, "best step": 6}
+            for i, (model, seed, final, best) in enumerate([
+                ("a", "0", 2.0, 1.0), ("a", "1", 4.0, 3.0), ("b", "0", 1.0, 0.5),
+                ("b", "1", None, None)])]
+    groups = sweep.seed_groups(rows, "loss", "min")
+    assert groups == [
+        {"runs": "model=b", "model": "b", "seeds": "0,1", "final loss mean": 1.0,
+         "final loss std": None, "best loss mean": 0.5, "best loss std": None},
+        {"runs": "model=a", "model": "a", "seeds": "0,1", "final loss mean": 3.0,
+         "final loss std": pytest.approx(2 ** 0.5), "best loss mean": 2.0,
+         "best loss std": pytest.approx(2 ** 0.5)}]
+    assert sweep.seed_groups([{k: v for k, v in r.items() if k != "seed"} for r in rows],
+                             "loss", "min") is None
 
 
 def test_summary_metric_needs_a_mode_for_another_metric(tmp_path):
