@@ -729,9 +729,6 @@ class TrainerJob:
         self.run, self.cwd, self.threads = run, cwd, threads
         self._process: subprocess.Popen | None = None
 
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_process": None}
-
     def __call__(self) -> None:
         """Raises:
           RuntimeError: the trainer failed (naming its exit code and log)."""
