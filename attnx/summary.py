@@ -6,7 +6,7 @@ Built on tensorboardX so the core stays free of TensorFlow; the `tensorboard` pa
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -43,16 +43,45 @@ class SummaryWriter:
             image = image[..., None]
         self._writer.add_image(tag, np.clip(image, 0.0, 1.0), step, dataformats="HWC")
 
-    def hparams(self, hparams: Mapping[str, Any], metrics: Mapping[str, float]) -> None:
-        """Record the run's hyperparameters in this run's own event file (the HPARAMS tab)."""
+    def hparams(self, hparams: Mapping[str, Any]) -> None:
+        """Record the run's hyperparameters in this run's own event file (the HPARAMS tab).
+
+        Only the session's values: TensorBoard then lists every scalar of the runs under a
+        logdir as a metric, or the metrics of the one experiment summary there (`experiment`)."""
         if self._writer is None:
             return
         from tensorboardX.summary import hparams as hparams_summary
 
         clean = {k: (v if isinstance(v, (int, float, str, bool)) else str(v))
                  for k, v in hparams.items()}
-        for summary in hparams_summary(clean, dict(metrics)):
-            self._writer.file_writer.add_summary(summary)
+        _, session_start, _ = hparams_summary(clean, {})
+        self._writer.file_writer.add_summary(session_start)
+
+    def experiment(self, hparams: Mapping[str, Any],
+                   metrics: Sequence[tuple[str, str]]) -> None:
+        """Declare the HParams dashboard of a logdir of runs: the columns `hparams` (names, with
+        a value of each one's type) and the metrics `(tag, group)`, a metric's value being the
+        last of scalar `tag` in each session's run directory `<session>/<group>`."""
+        if self._writer is None:
+            return
+        from tensorboardX.proto import api_pb2, plugin_hparams_pb2
+        from tensorboardX.proto.summary_pb2 import Summary, SummaryMetadata
+
+        def kind(value: Any) -> str:
+            if isinstance(value, bool):
+                return "DATA_TYPE_BOOL"
+            return "DATA_TYPE_FLOAT64" if isinstance(value, (int, float)) else "DATA_TYPE_STRING"
+
+        experiment = api_pb2.Experiment(
+            hparam_infos=[api_pb2.HParamInfo(name=k, type=api_pb2.DataType.Value(kind(v)))
+                          for k, v in hparams.items()],
+            metric_infos=[api_pb2.MetricInfo(name=api_pb2.MetricName(tag=tag, group=group))
+                          for tag, group in metrics])
+        content = plugin_hparams_pb2.HParamsPluginData(experiment=experiment, version=0)
+        metadata = SummaryMetadata(plugin_data=SummaryMetadata.PluginData(
+            plugin_name="hparams", content=content.SerializeToString()))
+        self._writer.file_writer.add_summary(
+            Summary(value=[Summary.Value(tag="_hparams_/experiment", metadata=metadata)]))
 
     def flush(self) -> None:
         if self._writer is not None:

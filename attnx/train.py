@@ -333,7 +333,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     base_rng = jax.random.key(config.seed)
     writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
     if start_step == 0:
-        writer.hparams(config_lib.flatten(config), {"eval/loss": float("nan")})
+        writer.hparams(config_lib.flatten(config))
     evaluator = Evaluator(config, task, dataset, eval_step, graphdef, batch_sharding, writer,
                           manager, best)
     progress, profile = Progress(config, writer), Profile(workdir, start_step, config.profile_steps)
@@ -419,16 +419,15 @@ def main(argv: list[str]) -> None:
 
     from ml_collections import config_flags
 
+    from attnx import distributed
+
     del argv
     logging.set_verbosity(logging.WARNING)  # keep Orbax's per-save INFO lines out of the log
     cfg = flags.FLAGS.config
     workdir = flags.FLAGS.workdir or default_workdir(
         config_flags.get_config_filename(flags.FLAGS["config"]))
-    if flags.FLAGS.coordinator_address:
-        # Cross-process collectives of the CPU backend (no effect on accelerator backends).
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")
-        jax.distributed.initialize(flags.FLAGS.coordinator_address, flags.FLAGS.num_processes,
-                                   flags.FLAGS.process_id)
+    distributed.initialize(flags.FLAGS.coordinator_address, flags.FLAGS.num_processes,
+                           flags.FLAGS.process_id)  # or auto-detected in a multi-task srun step
     if flags.FLAGS.mode == "train":
         train_and_evaluate(cfg, workdir)
     else:
@@ -446,7 +445,7 @@ def _define_flags() -> None:
                       "best checkpoint.")
     flags.DEFINE_string("split", "test", "Split for --mode=eval.")
     flags.DEFINE_string("coordinator_address", None, "host:port of process 0 for multi-process "
-                        "runs (jax.distributed); off by default.")
+                        "runs (jax.distributed); without it, a multi-task srun step is detected.")
     flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process runs).")
     flags.DEFINE_integer("process_id", None, "This process's index (multi-process runs).")
     flags.mark_flags_as_required(["config"])

@@ -20,10 +20,22 @@ Arguments:
 The default is the CPU budget of `experiments/lra`: the `small` ListOps builder (16K expressions
 of 64-512 tokens), 2 layers of width 64 (4 heads, d_ff 128), batch 32, 500 steps (one epoch; lr
 1e-3, 50 warmup steps, cosine), evaluating the whole validation split every 100 steps.
+
+Sweep (`get_sweep`): the mechanism comparison of `experiments/lra`, one run per attention
+mechanism and the LSTM, on whatever variant `--config` names:
+
+    python -m attnx.sweep --config=configs/lra_listops.py --parallel=2   # 6 runs
+    python -m attnx.sweep --config=configs/lra_listops.py --sweep=seed=0,1,2 --parallel=2  # x 3 seeds
+
+Its runs are `runs/lra_listops_sweep/attention=dense`, ..., `runs/lra_listops_sweep/model=lstm`
+(`--workdir` to choose), compared in `runs/lra_listops_sweep/summary.md` by validation accuracy.
 """
 
-from attnx import config_lib
+from attnx import config_lib, sweep
 from attnx.data import default_data_config
+
+# The mechanisms LRA compares (registry names), each with its `lra` preset options.
+MECHANISMS = ("dense", "flash", "lsh", "local", "longformer")
 
 
 def get_config(arg: str | None = None):
@@ -52,3 +64,10 @@ def get_config(arg: str | None = None):
     config.model = config_lib.lra_classifier(arg.model, arg.attention, config.data.seq_len,
                                              **sizes)
     return config
+
+
+def get_sweep(arg: str | None = None):
+    """One run per mechanism of `MECHANISMS` (`:attention=<name>`), then the LSTM baseline
+    (`:model=lstm`); `arg` (the `--config` argument, e.g. `smoke`) is shared by every run."""
+    del arg  # the same comparison for every variant
+    return sweep.chain(sweep.axis(":attention", MECHANISMS), [{":model": "lstm"}])

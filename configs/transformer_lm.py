@@ -7,9 +7,14 @@ r"""Decoder-only Transformer language model on `pystdlib` (the Python standard l
 Arguments (comma separated): `smoke` (tiny and fast), `attention=<registry name>`.
 Default: 4 layers, d_model 128, 256-byte windows, batch 8, 1,500 steps (sized so that it learns
 visibly in about ten minutes on 2 idle CPU cores; scale it up with --config.model.* overrides).
+
+Sweep (`get_sweep`): the learning rate, three runs compared by validation bits per byte:
+
+    python -m attnx.sweep --config=configs/transformer_lm.py --workdir=runs/transformer_lm_lr \
+        --parallel=2
 """
 
-from attnx import config_lib
+from attnx import config_lib, sweep
 from attnx.data import default_data_config
 
 
@@ -34,3 +39,10 @@ def get_config(arg: str | None = None):
         config.sample_len = 16
         config.sample_prompt_len = 16
     return config
+
+
+def get_sweep(arg: str | None = None):
+    """`optimizer.learning_rate` in {3e-4, 1e-3, 3e-3} (the default is 1e-3), on the variant
+    `arg` names."""
+    del arg  # the same learning rates for every variant
+    return sweep.axis("optimizer.learning_rate", [3e-4, 1e-3, 3e-3])
