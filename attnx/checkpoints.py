@@ -41,6 +41,10 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be written, or no checkpoint that can be read."""
 
 
+class CheckpointMismatch(ValueError):
+    """A checkpoint whose parameter tree or shapes are not the run's."""
+
+
 def _abstract(shape_tree: Any, sharding_tree: Any) -> Any:
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                         shape_tree, sharding_tree)
@@ -205,12 +209,12 @@ class Manager:
             model=ocp.args.StandardSave(model), meta=ocp.args.JsonSave(meta)))
 
     def check_compatible(self, step: int, state_shape: Any) -> None:
-        """ValueError naming the first parameter whose path or shape differs between the
-        checkpoint of `step` and the run's state, before anything is read."""
+        """CheckpointMismatch naming the first parameter whose path or shape differs between
+        the checkpoint of `step` and the run's state, before any array is read."""
         stored = self.latest.item_metadata(step)["state"]
         mismatch = first_mismatch(state_shape, getattr(stored, "tree", stored))
         if mismatch:
-            raise ValueError(
+            raise CheckpointMismatch(
                 f"the checkpoint {os.path.join(self.directory, str(step))} does not fit this "
                 f"run's model: {mismatch}. Nothing was restored; train in another --workdir "
                 "or restore the config the checkpoint was written with")
@@ -244,15 +248,18 @@ class Manager:
         the previous one is tried.
 
         Raises:
-          ValueError: the checkpoint's parameter tree or shapes differ from `state_shape`.
+          CheckpointMismatch: the checkpoint's parameter tree or shapes differ from
+            `state_shape` (nothing is restored).
           CheckpointError: there are checkpoints, but none reads back whole.
         """
         steps = sorted(self.latest.all_steps(), reverse=True)
         failures = []
         for step in steps:
-            self.check_compatible(step, state_shape)
             try:
+                self.check_compatible(step, state_shape)
                 return self._read(step, state_shape, state_sharding)
+            except CheckpointMismatch:
+                raise
             except Exception as e:
                 path = os.path.join(self.directory, str(step))
                 reason = str(e).split("\n")[0][:200]

@@ -89,8 +89,8 @@ def chaos(args: list[str], workdir: str, *, kills: int, seed: int,
             left = glob.glob(os.path.join(workdir, "checkpoints", "*.orbax-checkpoint-tmp*"))
             result.inside_write += killed and bool(left)
         else:
-            steps = rng.randint(0, 3)
-            killed = _kill_after(proc, steps, rng.uniform(0, 2.0 if steps == 0 else 0.05), lines)
+            steps = rng.randint(0, 6)
+            killed = _kill_after(proc, steps, rng.uniform(0, 8.0 if steps == 0 else 0.3), lines)
             proc.wait()
             lines += proc.stdout.readlines()
         result.logs.append("".join(lines))
