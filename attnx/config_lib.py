@@ -76,6 +76,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.sample_top_k = 40
     c.profile_steps = ml_collections.FieldReference(None, field_type=int)  # trace N steps
     c.attention_maps = False  # attention-map images in TensorBoard at each eval
+    # A step whose loss or gradient norm is not finite is never applied; then 'stop' ends the
+    # run with an error naming the step, 'skip' goes on (skips counted in TensorBoard).
+    c.on_nonfinite = "stop"
     c.optimizer = ml_collections.ConfigDict(dict(
         name="adamw", learning_rate=1e-3, b1=0.9, b2=0.98, eps=1e-9, weight_decay=0.01,
         schedule="cosine", warmup_steps=100,

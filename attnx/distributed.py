@@ -51,13 +51,20 @@ def initialize_kwargs(coordinator_address: str | None, num_processes: int | None
 
 
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None) -> bool:
-    """Initialise `jax.distributed` where `initialize_kwargs` says so; returns whether it did."""
+               process_id: int | None = None, *, heartbeat_timeout: int | None = None) -> bool:
+    """Initialise `jax.distributed` where `initialize_kwargs` says so; returns whether it did.
+
+    `heartbeat_timeout` (seconds): a process that dies stops sending heartbeats, and the others
+    then end with an error naming it after this long instead of waiting for it forever.
+    """
     import jax
 
     kwargs = initialize_kwargs(coordinator_address, num_processes, process_id)
     if kwargs is None:
         return False
+    if heartbeat_timeout is not None:
+        kwargs.update(heartbeat_timeout_seconds=heartbeat_timeout,
+                      shutdown_timeout_seconds=heartbeat_timeout)
     # Cross-process collectives of the CPU backend (no effect on accelerator backends).
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(**kwargs)

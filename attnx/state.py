@@ -3,7 +3,11 @@
 A train state is a dict (Orbax saves and restores it as it is):
 
     {'step': int32 [], 'params': nnx.State of nnx.Param, 'opt_state': optax state,
-     'model_state': nnx.State of every other nnx.Variable (e.g. BatchNorm's nnx.BatchStat)}
+     'model_state': nnx.State of every other nnx.Variable (e.g. BatchNorm's nnx.BatchStat),
+     'nonfinite': {'count': int32 [], 'last_step': int32 []}}
+
+`nonfinite` counts the steps whose loss or gradient norm was not finite (their update was not
+applied) and names the last of them (-1: none); the train step keeps it, the trainer reads it.
 
 The model's static structure is a separate `graphdef`; every jitted function rebuilds the model
 with `merge(graphdef, state)`. `params` receive gradients; `model_state` is what the model updates
@@ -86,7 +90,9 @@ def init_fn(config: ml_collections.ConfigDict, info: DataInfo,
     def init() -> State:
         _, params, model_state = split(build_model(config, info))
         return {"step": jnp.zeros((), jnp.int32), "params": params,
-                "opt_state": tx.init(params), "model_state": model_state}
+                "opt_state": tx.init(params), "model_state": model_state,
+                "nonfinite": {"count": jnp.zeros((), jnp.int32),
+                              "last_step": jnp.full((), -1, jnp.int32)}}
 
     return init
 

@@ -41,3 +41,6 @@ def test_initialize_calls_jax_with_no_arguments_in_a_slurm_step(monkeypatch):
         monkeypatch.setenv(var, value)
     assert distributed.initialize()
     assert calls == [("jax_cpu_collectives_implementation", "gloo"), {}]
+    calls.clear()
+    assert distributed.initialize(heartbeat_timeout=30)
+    assert calls[-1] == {"heartbeat_timeout_seconds": 30, "shutdown_timeout_seconds": 30}

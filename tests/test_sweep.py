@@ -325,7 +325,7 @@ def test_submitit_local_executor_runs_jobs_and_reports_the_failing_one(data_dir,
     assert result.returncode == 1  # one run failed
     ok, bad = (os.path.join(workdir, f"model.num_heads={n}") for n in (2, 3))
     assert "done model.num_heads=2" in result.stdout
-    assert f"FAILED model.num_heads=3 (job " in result.stdout
+    assert "FAILED model.num_heads=3 (job " in result.stdout
     assert f"its log: {bad}/train.log" in result.stdout
     assert "model.num_heads=3 must divide model.d_model=32" in open(f"{bad}/train.log").read()
     assert sorted(os.listdir(os.path.join(ok, "checkpoints"))) == ["3", "6"]

@@ -140,6 +140,19 @@ class Dataset:
         process_count: int = 1,
     ) -> Batch:
         """This process's rows of global train batch number `position` (>= 0)."""
+        indices = self.train_indices(position, global_batch_size=global_batch_size,
+                                     process_index=process_index, process_count=process_count)
+        return self._split(self._train_split, True).rows(indices)
+
+    def train_indices(
+        self,
+        position: int,
+        *,
+        global_batch_size: int,
+        process_index: int = 0,
+        process_count: int = 1,
+    ) -> np.ndarray:
+        """The train-split example indices `[b]` of `train_batch(position, ...)`'s rows."""
         if position < 0:
             raise ValueError(f"position must be >= 0, got {position}")
         local = _local_rows(global_batch_size, process_index, process_count)
@@ -148,7 +161,7 @@ class Dataset:
         indices = np.empty_like(offset)
         for e in np.unique(epoch):
             indices[epoch == e] = self._permutation(int(e), len(examples))[offset[epoch == e]]
-        return examples.rows(indices)
+        return indices
 
     def eval_batches(
         self,
@@ -161,7 +174,6 @@ class Dataset:
     ) -> Iterator[Batch]:
         """One unshuffled pass over `split` (at most `max_batches` batches); rows past the end of
         the split are padding with weight 0. Every process gets the same number of batches."""
-        local = _local_rows(global_batch_size, process_index, process_count)
         if max_batches is not None and max_batches < 0:
             raise ValueError(f"max_batches must be >= 0 or None, got {max_batches}")
         examples = self._split(split, False)
@@ -169,8 +181,24 @@ class Dataset:
         if max_batches is not None:
             num_batches = min(num_batches, max_batches)
         for batch in range(num_batches):
-            rows = batch * global_batch_size + local
-            yield examples.rows(np.where(rows < len(examples), rows, -1))
+            yield examples.rows(self.eval_indices(
+                split, batch, global_batch_size=global_batch_size, process_index=process_index,
+                process_count=process_count))
+
+    def eval_indices(
+        self,
+        split: str,
+        batch: int,
+        *,
+        global_batch_size: int,
+        process_index: int = 0,
+        process_count: int = 1,
+    ) -> np.ndarray:
+        """The example indices `[b]` of this process's rows of eval batch number `batch` of
+        `split` (-1: a padding row past the end of the split)."""
+        rows = batch * global_batch_size + _local_rows(global_batch_size, process_index,
+                                                       process_count)
+        return np.where(rows < len(self._split(split, False)), rows, -1)
 
 
 def _local_rows(global_batch_size: int, process_index: int, process_count: int) -> np.ndarray:
