@@ -71,6 +71,8 @@ class MaxViTConfig:
       se_ratio: squeeze-excitation width / MBConv output width.
       mlp_ratio: MLP hidden width / channels.
       stochastic_depth: drop-path rate of the last block (0 at the first).
+      mixup_alpha: train on mixup batches with lambda ~ Beta(alpha, alpha) (0: none; the
+        image-classification task's forward mixes, `attnx.tasks.mixup`).
       head_hidden_size: the pre-logits Dense width; None: the last stage's channels.
       block_attention, grid_attention: which partition attentions a block has (both, as the
         paper; block only for the ablation without global mixing).
@@ -89,6 +91,7 @@ class MaxViTConfig:
     se_ratio: float = 0.25
     mlp_ratio: float = 4.0
     stochastic_depth: float = 0.0
+    mixup_alpha: float = 0.0
     head_hidden_size: int | None = None
     block_attention: bool = True
     grid_attention: bool = True
