@@ -123,9 +123,12 @@ def test_parameter_counts_match_the_paper(variant, paper):
 def test_sizes_that_do_not_divide_fail_at_build_naming_the_stage():
     with pytest.raises(ValueError, match=r"stage 3: its 4x8 feature map .* window=3"):
         maxvit.MaxViTConfig(**{**SMALL, "window": (4, 4, 3)}).check_sizes()
-    with pytest.raises(ValueError, match=r"stage 1: its 7x7 feature map .* grid=2"):
-        maxvit.MaxViT(maxvit.MaxViTConfig(**{**SMALL, "image_shape": (28, 28, 3), "window": 7}),
-                      rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=r"stage 3: its 7x7 feature map .* grid=2"):
+        maxvit.MaxViT(maxvit.MaxViTConfig(**{**SMALL, "image_shape": (112, 112, 3),
+                                             "window": 7}), rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=r"stage 2: its input map 7x7 .* is odd"):
+        maxvit.MaxViTConfig(**{**SMALL, "image_shape": (28, 28, 3), "window": 1,
+                               "grid": 1}).check_sizes()
     with pytest.raises(ValueError, match="model.window must be"):
         maxvit.MaxViTConfig(**{**SMALL, "window": (4, 4)})
     model = nnx.eval_shape(lambda: maxvit.MaxViT(maxvit.MaxViTConfig(**SMALL), rngs=nnx.Rngs(0)))

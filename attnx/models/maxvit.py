@@ -128,7 +128,18 @@ class MaxViTConfig:
         return sizes
 
     def check_sizes(self) -> None:
-        """ValueError naming the stage whose feature map the window or grid does not divide."""
+        """ValueError naming the stage whose input map is odd (its stride-2 convolution and
+        pooled shortcut would disagree) or whose feature map the window or grid does not
+        divide."""
+        h, w = self.image_shape[:2]
+        inputs = [(h, w), (-(-h // 2), -(-w // 2))] + self.stage_sizes()[:-1]
+        for s, (h_in, w_in) in enumerate(inputs[1:], 1):
+            if h_in % 2 or w_in % 2:
+                raise ValueError(
+                    f"stage {s}: its input map {h_in}x{w_in} (image "
+                    f"{self.image_shape[0]}x{self.image_shape[1]}) is odd; each stage halves "
+                    "the map, so the image side must be a multiple of 2 ** (stages + 1) = "
+                    f"{2 ** (len(self.channels) + 1)}")
         for s, ((h, w), p, g) in enumerate(zip(self.stage_sizes(), self.window, self.grid), 1):
             for name, size, used in (("window", p, self.block_attention),
                                      ("grid", g, self.grid_attention)):
