@@ -94,8 +94,8 @@ class Mechanism:
         against instead of `dense.attention(q, k, v, mask=pattern)`; None otherwise.
       bias_function: for mechanisms that add their own logit bias (MaxViT's relative position
         bias), the name of `bias(q, k, **options, **inputs)` returning that bias `[N, Tq, Tk]`
-        over the (raster) tokens, or None without one; the oracle is then
-        `dense.attention(q, k, v, mask=pattern, bias=bias)`. None for mechanisms without.
+        over the (raster) tokens (None when given no table); the oracle is then
+        `dense.attention(q, k, v, mask=pattern, bias=bias)`. None for the other mechanisms.
       layout: one of LAYOUTS.
       mask_kind: one of MASK_KINDS.
       options: names of the keyword options a config may set (`model.attention_options`).
