@@ -112,9 +112,32 @@ def _classification_forward(model, batch, rng):
     return model(batch["inputs"], batch["mask"], rng=rng), batch["label"], batch["weights"]
 
 
+def mixup(batch: Batch, alpha: float, rng: Array) -> tuple[Array, Array, Array, Array]:
+    """Mixup (Zhang et al., 2018) of an image batch: one lambda ~ Beta(alpha, alpha) per batch,
+    each image mixed with a randomly permuted partner. Returns (mixed images `[B, H, W, C]`,
+    labels `[2B]` (own, then partner's), weights `[2B]` (lambda * w, then (1 - lambda) * w), the
+    permutation `[B]`): the weighted cross entropy over the duplicated logits is the mixup loss
+    (with label smoothing applied to both targets), and the weights still sum to the batch's."""
+    r_lambda, r_perm = jax.random.split(rng)
+    lam = jax.random.beta(r_lambda, alpha, alpha)
+    perm = jax.random.permutation(r_perm, batch["image"].shape[0])
+    image = lam * batch["image"] + (1.0 - lam) * batch["image"][perm]
+    weights = batch["weights"].astype(jnp.float32)
+    labels = jnp.concatenate([batch["label"], batch["label"][perm]])
+    return image, labels, jnp.concatenate([lam * weights, (1.0 - lam) * weights]), perm
+
+
 def _image_classification_forward(model, batch, rng):
-    """image `[B, H, W, C]` float -> logits `[B, classes]` at label `[B]`."""
-    return model(batch["image"], rng=rng), batch["label"], batch["weights"]
+    """image `[B, H, W, C]` float -> logits `[B, classes]` at label `[B]`. Models whose settings
+    have `mixup_alpha > 0` train on mixup batches (`mixup`: logits `[2B, classes]`); evaluation
+    never mixes."""
+    alpha = getattr(model.cfg, "mixup_alpha", 0.0)
+    if rng is None or not alpha:
+        return model(batch["image"], rng=rng), batch["label"], batch["weights"]
+    r_mix, r_model = jax.random.split(rng)
+    image, labels, weights, _ = mixup(batch, alpha, r_mix)
+    logits = model(image, rng=r_model)
+    return jnp.concatenate([logits, logits]), labels, weights
 
 
 def _seq2seq_forward(model, batch, rng):

@@ -34,7 +34,7 @@ def _importable(mechanism: registry.Mechanism) -> bool:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """Every registered mechanism plus an unimportable one at one tiny length, written to disk."""
-    mechanisms = [registry.get(name) for name in registry.names()] + [MISSING]
+    mechanisms = [registry.get(name) for name in registry.names(layout="sequence")] + [MISSING]
     records, note = bench.run_mechanisms(mechanisms, [LENGTH], block=8, **SHAPE)
     out = tmp_path_factory.mktemp("bench")
     environment = report.environment_info(peers=False)
@@ -60,9 +60,9 @@ def test_all_outputs_with_every_mechanism(run):
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert payload["environment"]["jax"]
     by_name = {r["mechanism"]: r for r in payload["records"]}
-    assert len(payload["records"]) == len(registry.names()) + 1
-    assert set(by_name) == set(registry.names()) | {"missing"}
-    for name in registry.names() + ["missing"]:
+    assert len(payload["records"]) == len(registry.names(layout="sequence")) + 1
+    assert set(by_name) == set(registry.names(layout="sequence")) | {"missing"}
+    for name in registry.names(layout="sequence") + ["missing"]:
         record = by_name[name]
         assert record["length"] == LENGTH and record["source"] == "attnx"
         cells = _row(markdown, "Forward + backward: steps/s", name)

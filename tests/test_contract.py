@@ -5,6 +5,11 @@ reference function, the layout and mask kind, the capabilities, the options and 
 inputs. A mechanism added to the registry is tested here without editing this file (a new layout
 needs its checks added: the tests dispatch on `entry.layout`).
 
+Layouts: 'sequence' (`[B, T, N, H]`) runs every check below; 'image' (`[B, H, W, N, Hd]` feature
+maps, MaxViT block and grid attention, mask kind 'none') runs the oracle (pattern + the entry's
+own bias over the raster tokens), jit, bfloat16 and dropout checks, and checks that a mask, causal
+or mismatched maps are refused and that `MultiHeadAttention` (a sequence module) rejects it.
+
 Every mechanism, on its example inputs (float32, a padded key mask):
 - equals its oracle, forward and gradients: `dense.attention(q, k, v, mask=pattern)`, or the
   entry's reference function where the mechanism is not a masked dense attention;
@@ -32,7 +37,8 @@ from attnx.attention import dense, registry
 from attnx.layers.attention import MultiHeadAttention, init_cache
 
 # Example shapes per layout (the checks below are written for these layouts).
-SHAPES = {"sequence": dict(batch=2, length=20, heads=2, head_dim=8)}
+SHAPES = {"sequence": dict(batch=2, length=20, heads=2, head_dim=8),
+          "image": dict(batch=2, image_size=(4, 6), heads=2, head_dim=8)}
 KV_LENGTH = 12  # keys of the Tq != Tk check
 ATOL = RTOL = 1e-5
 BF16_ATOL = 3e-2
@@ -55,6 +61,16 @@ class Case:
         return self.entry.operands(ex.q, ex.k, ex.v)
 
 
+def _out_shape(example: registry.Example) -> tuple[int, ...]:
+    """The output shape: q's, with v's feature size (`[B, Tq, N, Hv]` / `[B, H, W, N, Hv]`)."""
+    return example.q.shape[:-1] + example.v.shape[-1:]
+
+
+def _tokens(x: jax.Array) -> jax.Array:
+    """A feature map `[B, H, W, N, Hd]` as raster tokens `[B, H*W, N, Hd]`."""
+    return x.reshape(x.shape[0], -1, *x.shape[3:])
+
+
 def _make_case(entry: registry.Mechanism, example: registry.Example) -> Case:
     fn, reference = entry.fn, entry.reference_fn
 
@@ -69,7 +85,12 @@ def _make_case(entry: registry.Mechanism, example: registry.Example) -> Case:
             return reference(*operands, **kwargs)
         q, v = operands[0], operands[-1]
         k = q if entry.shared_qk else operands[1]
-        return dense.attention(q, k, v, mask=entry.pattern_fn(q, k, **kwargs))
+        allowed = entry.pattern_fn(q, k, **kwargs)
+        bias = None if entry.bias_fn is None else entry.bias_fn(q, k, **kwargs)
+        if entry.layout == "image":  # dense attention over the H*W raster tokens
+            out = dense.attention(_tokens(q), _tokens(k), _tokens(v), mask=allowed, bias=bias)
+            return out.reshape(q.shape[:-1] + v.shape[-1:])
+        return dense.attention(q, k, v, mask=allowed, bias=bias)
 
     def with_grads(f):
         def run(operands, key_mask, cotangent, causal):
@@ -93,7 +114,7 @@ def case(request) -> Case:
 
 @pytest.fixture(scope="module")
 def cotangent(case) -> jax.Array:
-    return jax.random.normal(jax.random.key(1), case.example.q.shape[:3] + case.example.v.shape[3:])
+    return jax.random.normal(jax.random.key(1), _out_shape(case.example))
 
 
 def _close(actual, expected, atol=ATOL, rtol=RTOL):
@@ -113,6 +134,10 @@ def test_entry_agrees_with_its_function(case):
     assert entry.supports_bias == ("bias" in keyword)
     assert entry.needs_rng == ("rng" in keyword)
     assert entry.global_projections == ({"global_mask", "global_qkv"} <= keyword)
+    assert (entry.relative_bias_option is not None) == ("bias_table" in keyword)
+    assert entry.relative_bias_option in entry.options + (None,)
+    if entry.relative_bias_option is not None:
+        assert entry.bias_fn is not None  # the oracle adds the same bias
     entry.check_options(case.example.options)
     for preset in entry.presets:  # the presets an entry lists are complete
         entry.check_options(entry.preset(preset, length=1024))
@@ -130,7 +155,7 @@ def test_equals_its_oracle_forward_and_gradients(case, cotangent, causal):
     args = (case.operands, case.example.key_mask, cotangent)
     out, grads = case.value_and_grads(*args, causal=causal)
     want, want_grads = case.oracle_value_and_grads(*args, causal=causal)
-    assert out.shape == case.example.q.shape[:3] + case.example.v.shape[3:]
+    assert out.shape == _out_shape(case.example)
     assert out.dtype == case.example.q.dtype
     _close(out, want)
     for grad, want_grad in zip(grads, want_grads):
@@ -177,7 +202,23 @@ def test_additive_bias(case):
 # ----------------------------------------------------------------------------- masking
 
 
+def _needs_mask(case: Case) -> None:
+    if case.entry.mask_kind == "none":
+        pytest.skip(f"{case.entry.name} takes no mask (mask kind 'none')")
+
+
+def test_takes_no_mask_where_declared(case):
+    entry, ex = case.entry, case.example
+    if entry.mask_kind != "none":
+        pytest.skip(f"{entry.name} takes a {entry.mask_kind!r} mask")
+    assert entry.mask_argument(ex.key_mask) is None
+    with pytest.raises(ValueError, match="mask"):
+        entry.fn(*case.operands, mask=jnp.ones(ex.key_mask.shape, bool), **ex.options,
+                 **ex.inputs)
+
+
 def test_fully_masked_rows(case, cotangent):
+    _needs_mask(case)
     key_mask = case.example.key_mask.at[1].set(False)  # every key of row 1 is padding
     out, grads = case.value_and_grads(case.operands, key_mask, cotangent, causal=False)
     assert np.all(np.isfinite(np.asarray(out)))
@@ -188,6 +229,7 @@ def test_fully_masked_rows(case, cotangent):
 
 
 def test_padded_keys_are_ignored(case, cotangent):
+    _needs_mask(case)
     ex = case.example
     real = np.asarray(ex.key_mask)
     assert not real.all()
@@ -204,7 +246,9 @@ def test_padded_keys_are_ignored(case, cotangent):
 
 def test_causal_by_gradients(case, cotangent):
     if not case.entry.supports_causal:
-        pytest.skip(f"{case.entry.name} does not support causal")
+        with pytest.raises(ValueError, match="causal"):
+            case.call(case.operands, case.example.key_mask, True)
+        return
     t = case.example.q.shape[1]
     for i in (2, t // 2, t - 1):
         one_query = cotangent * (jnp.arange(t) == i)[None, :, None, None]
@@ -221,8 +265,9 @@ def test_causal_by_gradients(case, cotangent):
 
 def test_same_with_and_without_jit(case, cotangent):
     args = (case.operands, case.example.key_mask)
-    jitted, _ = case.value_and_grads(*args, cotangent, causal=True)
-    _close(case.call(*args, True), jitted, atol=1e-6, rtol=1e-6)
+    causal = case.entry.supports_causal
+    jitted, _ = case.value_and_grads(*args, cotangent, causal=causal)
+    _close(case.call(*args, causal), jitted, atol=1e-6, rtol=1e-6)
 
 
 def test_bfloat16_inputs_float32_statistics(case, cotangent):
@@ -246,14 +291,15 @@ def test_query_and_key_lengths_may_differ_exactly_where_declared(case):
     short = _make_case(entry, ex)
     if not entry.supports_cross_length:
         q, k, v = case.example.q, case.example.k, case.example.v
+        kv_length = KV_LENGTH if entry.layout == "sequence" else 2  # image: half the map's rows
         with pytest.raises(ValueError):
-            entry.fn(*entry.operands(q, k[:, :KV_LENGTH], v[:, :KV_LENGTH]),
+            entry.fn(*entry.operands(q, k[:, :kv_length], v[:, :kv_length]),
                      **case.example.options, **case.example.inputs)
         return
-    cot = jax.random.normal(jax.random.key(8), ex.q.shape[:3] + ex.v.shape[3:])
+    cot = jax.random.normal(jax.random.key(8), _out_shape(ex))
     out, grads = short.value_and_grads(short.operands, ex.key_mask, cot, causal=True)
     want, want_grads = short.oracle_value_and_grads(short.operands, ex.key_mask, cot, causal=True)
-    assert out.shape == ex.q.shape[:3] + ex.v.shape[3:]
+    assert out.shape == _out_shape(ex)
     _close(out, want)
     for grad, want_grad in zip(grads, want_grads):
         _close(grad, want_grad)
@@ -278,7 +324,18 @@ def test_dropout_exactly_where_declared(case):
 # ----------------------------------------------------------------------------- the Flax module
 
 
+def _sequence_module(case: Case) -> None:
+    """Skip unless the mechanism runs in MultiHeadAttention (after checking that it refuses it)."""
+    entry = case.entry
+    if entry.layout != "sequence":
+        with pytest.raises(ValueError, match="sequence"):
+            MultiHeadAttention(16, 2, mechanism=entry.name, options=case.example.options,
+                               rngs=nnx.Rngs(0))
+        pytest.skip(f"{entry.name} ({entry.layout!r} layout) runs in its own module")
+
+
 def test_module_checks_options_when_built(case):
+    _sequence_module(case)
     entry, ex = case.entry, case.example
     build = lambda **kw: MultiHeadAttention(16, 2, mechanism=entry.name, rngs=nnx.Rngs(0), **kw)
     build(options=ex.options)
@@ -295,6 +352,7 @@ def test_module_checks_options_when_built(case):
 
 
 def test_module_cache_exactly_where_declared(case):
+    _sequence_module(case)
     entry = case.entry
     layer = MultiHeadAttention(16, 2, mechanism=entry.name, options=case.example.options,
                                rngs=nnx.Rngs(0))

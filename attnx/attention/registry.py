@@ -22,11 +22,13 @@ import jax.numpy as jnp
 
 Array = jax.Array
 
-# Array layouts. 'sequence': q `[B, Tq, N, H]`, k and v `[B, Tk, N, H]` (BTNH).
-LAYOUTS = ("sequence",)
+# Array layouts. 'sequence': q `[B, Tq, N, H]`, k and v `[B, Tk, N, H]` (BTNH); 'image': q, k
+# and v are feature maps `[B, H, W, N, Hd]` whose H*W tokens patterns number in raster order.
+LAYOUTS = ("sequence", "image")
 # 'key_padding': the mask argument is `[B, Tk]` (True = real token); 'full': any boolean mask
-# broadcastable to `[B, N, Tq, Tk]` (True = may attend).
-MASK_KINDS = ("key_padding", "full")
+# broadcastable to `[B, N, Tq, Tk]` (True = may attend); 'none': the mechanism takes no mask
+# (mask must be None: it attends within whole feature maps).
+MASK_KINDS = ("key_padding", "full", "none")
 # Named option presets: the settings each context uses (see `Mechanism.preset`).
 PRESETS = ("lra", "bench", "reformer_lm")
 
@@ -57,12 +59,15 @@ class Example:
     """Small random inputs of one mechanism (`Mechanism.example`).
 
     Attributes:
-      q: `[B, Tq, N, H]` queries (the shared qk for shared-QK mechanisms).
-      k: `[B, Tk, N, H]` keys (q itself for shared-QK mechanisms).
-      v: `[B, Tk, N, H]` values.
-      key_mask: `[B, Tk]` bool, True = real token; the last keys of row 1 are padding.
+      q: `[B, Tq, N, H]` queries (the shared qk for shared-QK mechanisms); `[B, H, W, N, Hd]`
+        in the 'image' layout.
+      k: `[B, Tk, N, H]` keys (q itself for shared-QK mechanisms); as q in the 'image' layout.
+      v: `[B, Tk, N, H]` values; as q in the 'image' layout.
+      key_mask: `[B, Tk]` bool, True = real token; the last keys of row 1 are padding (all True
+        for mask kind 'none', Tk = H*W).
       options: mechanism options that fit these shapes.
-      inputs: further keyword inputs the function needs (`rng`, `global_mask`, `global_qkv`).
+      inputs: further keyword inputs the function needs (`rng`, `global_mask`, `global_qkv`,
+        `bias_table`).
     """
 
     q: Array
@@ -87,6 +92,10 @@ class Mechanism:
       reference_function: for mechanisms that are not a masked dense attention, the name of a
         plainly written function with `function`'s signature that the contract test compares
         against instead of `dense.attention(q, k, v, mask=pattern)`; None otherwise.
+      bias_function: for mechanisms that add their own logit bias (MaxViT's relative position
+        bias), the name of `bias(q, k, **options, **inputs)` returning that bias `[N, Tq, Tk]`
+        over the (raster) tokens (None when given no table); the oracle is then
+        `dense.attention(q, k, v, mask=pattern, bias=bias)`. None for the other mechanisms.
       layout: one of LAYOUTS.
       mask_kind: one of MASK_KINDS.
       options: names of the keyword options a config may set (`model.attention_options`).
@@ -98,6 +107,9 @@ class Mechanism:
       needs_rng: the function takes `rng=` (e.g. random rotations for hashing).
       global_projections: the function takes `global_mask=` `[B, T]` and
         `global_qkv=(qg, kg, vg)`, the separate projections of global tokens' rows (Longformer).
+      relative_bias_option: for mechanisms that take a learned relative position bias table
+        `bias_table=` `[N, 2P-1, 2P-1]` over P x P partitions, the option that holds P
+        ('window', 'grid'); None for the others.
       supports_dropout: attention dropout (`dropout_rate > 0`) is implemented.
       supports_bias: the function takes an additive logit `bias=` `[B, N, Tq, Tk]`.
       supports_cache: incremental decoding over a key/value cache (a full mask, Tq != Tk).
@@ -112,6 +124,7 @@ class Mechanism:
     function: str
     pattern_function: str
     reference_function: str | None = None
+    bias_function: str | None = None
     layout: str = "sequence"
     mask_kind: str = "key_padding"
     options: tuple[str, ...] = ()
@@ -121,6 +134,7 @@ class Mechanism:
     shared_qk: bool = False
     needs_rng: bool = False
     global_projections: bool = False
+    relative_bias_option: str | None = None
     supports_dropout: bool = True
     supports_bias: bool = False
     supports_cache: bool = False
@@ -162,6 +176,12 @@ class Mechanism:
             return None
         return getattr(importlib.import_module(self.module), self.reference_function)
 
+    @property
+    def bias_fn(self) -> Callable[..., Any] | None:
+        if self.bias_function is None:
+            return None
+        return getattr(importlib.import_module(self.module), self.bias_function)
+
     def option_defaults(self) -> dict[str, Any]:
         """The defaults `fn` gives its options; required options (no default) are absent."""
         parameters = inspect.signature(self.fn).parameters
@@ -197,10 +217,13 @@ class Mechanism:
         """Keys one query attends to with these options (the function's defaults filled in)."""
         return self.keys_per_query({**self.option_defaults(), **options}, length, causal)
 
-    def mask_argument(self, key_mask: Array) -> Array:
-        """A key padding mask `[B, Tk]` in this mechanism's mask kind."""
+    def mask_argument(self, key_mask: Array) -> Array | None:
+        """A key padding mask `[B, Tk]` in this mechanism's mask kind (None for kind 'none',
+        whose mechanisms take no mask)."""
         if self.key_padding_mask:
             return key_mask
+        if self.mask_kind == "none":
+            return None
         return key_mask.astype(bool)[:, None, None, :]
 
     def operands(self, q: Array, k: Array, v: Array) -> tuple[Array, ...]:
@@ -209,14 +232,16 @@ class Mechanism:
 
     def example(self, rng: Array, *, batch: int = 2, length: int = 20,
                 kv_length: int | None = None, heads: int = 2, head_dim: int = 8,
-                dtype: Any = jnp.float32) -> Example:
+                image_size: tuple[int, int] = (4, 6), dtype: Any = jnp.float32) -> Example:
         """Random inputs `[batch, length, heads, head_dim]` (keys of `kv_length`, default
         `length`) with `example_options`; the last 5 keys of row 1 are padding. Global tokens
-        (`global_projections`): tokens 0 and 7 of row 0 and 3 of row 1, with random global_qkv."""
+        (`global_projections`): tokens 0 and 7 of row 0 and 3 of row 1, with random global_qkv.
+        In the 'image' layout q, k, v are `[batch, *image_size, heads, head_dim]` feature maps
+        (`length` and `kv_length` unused) with a random `bias_table` where the entry takes one."""
         kv_length = length if kv_length is None else kv_length
-        if self.layout != "sequence":
-            raise ValueError(f"no example inputs for layout {self.layout!r}")
         keys = jax.random.split(rng, 8)
+        if self.layout == "image":
+            return self._image_example(keys, batch, image_size, heads, head_dim, dtype)
         q_shape, kv_shape = (batch, length, heads, head_dim), (batch, kv_length, heads, head_dim)
         q = jax.random.normal(keys[0], q_shape, dtype)
         k = q if self.shared_qk else jax.random.normal(keys[1], kv_shape, dtype)
@@ -230,6 +255,19 @@ class Mechanism:
                 1, 3].set(True)
             inputs["global_qkv"] = tuple(jax.random.normal(key, q_shape, dtype)
                                          for key in keys[4:7])
+        return Example(q, k, v, key_mask, dict(self.example_options), inputs)
+
+    def _image_example(self, keys: Array, batch: int, image_size: tuple[int, int], heads: int,
+                       head_dim: int, dtype: Any) -> Example:
+        """`example` in the 'image' layout: no padding (the key mask is all True)."""
+        shape = (batch, *image_size, heads, head_dim)
+        q, k, v = (jax.random.normal(key, shape, dtype) for key in keys[:3])
+        inputs: dict[str, Any] = {}
+        if self.relative_bias_option is not None:
+            size = self.example_options[self.relative_bias_option]
+            inputs["bias_table"] = jax.random.normal(keys[3], (heads, 2 * size - 1, 2 * size - 1),
+                                                     dtype)
+        key_mask = jnp.ones((batch, image_size[0] * image_size[1]), bool)
         return Example(q, k, v, key_mask, dict(self.example_options), inputs)
 
 
@@ -302,13 +340,27 @@ _MECHANISMS: dict[str, Mechanism] = {
             # Dilation spreads the window's keys, it does not add any.
             keys_per_query=lambda o, length, causal: 2 * o["window"] + 1,
             global_projections=True),
+        Mechanism(
+            "block", "attnx.attention.multi_axis", "block_attention", "block_pattern",
+            bias_function="block_bias", layout="image", mask_kind="none",
+            options=("window", "scale"), example_options=dict(window=2),
+            keys_per_query=lambda o, length, causal: o["window"] ** 2,
+            relative_bias_option="window", supports_causal=False),
+        Mechanism(
+            "grid", "attnx.attention.multi_axis", "grid_attention", "grid_pattern",
+            bias_function="grid_bias", layout="image", mask_kind="none",
+            options=("grid", "scale"), example_options=dict(grid=2),
+            keys_per_query=lambda o, length, causal: o["grid"] ** 2,
+            relative_bias_option="grid", supports_causal=False),
     ]
 }
 
 
-def names() -> list[str]:
-    """Registered mechanism names, sorted."""
-    return sorted(_MECHANISMS)
+def names(layout: str | None = None) -> list[str]:
+    """Registered mechanism names, sorted; only those of `layout` (one of LAYOUTS) if given."""
+    if layout is not None and layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    return sorted(name for name, m in _MECHANISMS.items() if layout in (None, m.layout))
 
 
 def get(name: str) -> Mechanism:

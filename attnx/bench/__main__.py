@@ -49,7 +49,7 @@ def main(argv: Sequence[str]) -> None:
     if _CONFIG.value is not None:
         run_model(_CONFIG.value, steps=_STEPS.value, out=_OUT.value, peers=_PEERS.value)
         return
-    names = _MECHANISMS.value or registry.names()
+    names = _MECHANISMS.value or registry.names(layout="sequence")
     mechanisms = [registry.get(name) for name in names]
     settings = dict(mechanisms=names, lengths=_parse_lengths(_LENGTHS.value), batch=_BATCH.value,
                     heads=_HEADS.value, head_dim=_HEAD_DIM.value, dtype=_DTYPE.value,

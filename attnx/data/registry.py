@@ -17,6 +17,7 @@ from attnx.data import (
     pathfinder,
     pystdlib,
     seq2seq_digits,
+    sklearn_digits,
     textfile,
 )
 from attnx.data.spec import DatasetSpec
@@ -28,6 +29,7 @@ DATASETS: dict[str, DatasetSpec] = {
     "pathfinder": pathfinder.SPEC,
     "seq2seq_digits": seq2seq_digits.SPEC,
     "duplication": duplication.SPEC,
+    "sklearn_digits": sklearn_digits.SPEC,
 }
 
 

@@ -63,6 +63,11 @@ class MultiHeadAttention(nnx.Module):
             raise ValueError(
                 f"num_heads={num_heads} must divide d_model={d_model} (or give head_dim)")
         self.mechanism = registry.get(mechanism)
+        if self.mechanism.layout != "sequence":
+            raise ValueError(
+                f"mechanism={mechanism!r} attends over {self.mechanism.layout!r} inputs; "
+                "MultiHeadAttention takes the 'sequence' mechanisms "
+                f"{registry.names(layout='sequence')}")
         self.options = dict(options or {})
         self.mechanism.check_options(self.options)
         if attention_dropout and not self.mechanism.supports_dropout:

@@ -14,7 +14,7 @@ from typing import Any, Callable
 import jax.numpy as jnp
 from flax import nnx
 
-from attnx.models import cnn, longformer, lstm, reformer, transformer
+from attnx.models import cnn, longformer, lstm, maxvit, reformer, transformer, vit
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +42,8 @@ MODELS: dict[str, ModelEntry] = {
     "lstm_classifier": ModelEntry("classification", lstm.LSTMClassifier, lstm.LSTMConfig),
     "longformer_mlm": ModelEntry("mlm", longformer.LongformerMLM, longformer.LongformerConfig),
     "cnn_classifier": ModelEntry("image_classification", cnn.ConvNet, cnn.ConvNetConfig),
+    "maxvit": ModelEntry("image_classification", maxvit.MaxViT, maxvit.MaxViTConfig),
+    "vit": ModelEntry("image_classification", vit.ViT, vit.ViTConfig),
 }
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
