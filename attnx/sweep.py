@@ -636,10 +636,6 @@ class _Stop(Exception):
     """SIGTERM to the sweep: stop it like a Ctrl-C."""
 
 
-def _raise_stop(signum, frame):
-    raise _Stop(f"received signal {signum}")
-
-
 def run_local(runs: Sequence[Run], *, parallel: int, out: TextIO | None = None,
               poll_s: float = 0.2) -> dict[str, int]:
     """Run the unfinished `runs` here, at most `parallel` at a time, each pinned to its share of
@@ -674,9 +670,14 @@ def run_local(runs: Sequence[Run], *, parallel: int, out: TextIO | None = None,
         say(f"sweep: {len(codes) - failed} done, {len(running)} running, {failed} failed, "
             f"{len(waiting)} waiting | ETA {eta}")
 
-    previous_handler = signal.signal(signal.SIGTERM, _raise_stop)
+    # The handler only records the signal; the loop raises. (An exception raised inside a signal
+    # handler surfaces wherever the main thread is, and is lost if that is a finalizer.)
+    signals: list[int] = []
+    previous_handler = signal.signal(signal.SIGTERM, lambda signum, _: signals.append(signum))
     try:
         while waiting or running:
+            if signals:
+                raise _Stop(f"received signal {signals[0]}")
             while waiting and free:
                 run, slot = waiting.pop(0), free.pop(0)
                 process, log = _start(run, shares[slot])
