@@ -56,7 +56,7 @@ import subprocess
 import sys
 import time
 from types import ModuleType
-from typing import Any, Sequence, TextIO
+from typing import Any, Callable, Sequence, TextIO
 
 import ml_collections
 
@@ -632,6 +632,17 @@ def _clock(seconds: float) -> str:
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
 
 
+def _unfinished(runs: Sequence[Run], say: Callable[[str], None]) -> list[Run]:
+    """The runs not yet finished, in order; says which finished ones are skipped."""
+    todo = []
+    for run in runs:
+        if is_finished(run):
+            say(f"skip {run.name}: finished")
+        else:
+            todo.append(run)
+    return todo
+
+
 class _Stop(Exception):
     """SIGTERM to the sweep: stop it like a Ctrl-C."""
 
@@ -650,12 +661,7 @@ def run_local(runs: Sequence[Run], *, parallel: int, out: TextIO | None = None,
     if parallel < 1:
         raise ValueError(f"--parallel must be >= 1, got {parallel}")
     say = lambda message: print(message, file=out or sys.stdout, flush=True)  # noqa: E731
-    waiting = []
-    for run in runs:
-        if is_finished(run):
-            say(f"skip {run.name}: finished")
-        else:
-            waiting.append(run)
+    waiting = _unfinished(runs, say)
     shares = core_shares(_available_cores(), parallel)
     free = list(range(parallel))
     running: dict[str, tuple[Run, subprocess.Popen, TextIO, int, float]] = {}
@@ -802,12 +808,7 @@ def submit(runs: Sequence[Run], executor: Any, *, threads: int,
            out: TextIO | None = None) -> list[tuple[Run, Any]]:
     """Submit one job per unfinished run (one SLURM job array); returns (run, job) pairs."""
     say = lambda message: print(message, file=out or sys.stdout, flush=True)  # noqa: E731
-    todo = []
-    for run in runs:
-        if is_finished(run):
-            say(f"skip {run.name}: finished")
-        else:
-            todo.append(run)
+    todo = _unfinished(runs, say)
     jobs = []
     if todo:
         with executor.batch():

@@ -239,7 +239,7 @@ def make_train_step(graphdef, task: tasks.Task, tx: optax.GradientTransformation
                 body, zero, (micro, jnp.arange(grad_accum_steps)))
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
-        loss, grad_norm = loss_sum / jnp.maximum(weight, 1.0), optax.global_norm(grads)
+        loss, grad_norm = loss_sum / jnp.maximum(weight, 1.0), optax.tree.norm(grads)
         # A step whose loss or gradient norm is not finite leaves the state as it was (and is
         # counted); which the trainer then does is `config.on_nonfinite`. No host sync here.
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
