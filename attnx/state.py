@@ -83,25 +83,31 @@ def eval_state(state: State) -> State:
     return {"params": state["params"], "model_state": state["model_state"]}
 
 
+def _fresh(params: nnx.State, model_state: nnx.State, tx: optax.GradientTransformation) -> State:
+    """The train state at step 0 around a model's params and model state."""
+    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params),
+            "model_state": model_state,
+            "nonfinite": {"count": jnp.zeros((), jnp.int32),
+                          "last_step": jnp.full((), -1, jnp.int32)}}
+
+
 def init_fn(config: ml_collections.ConfigDict, info: DataInfo,
             tx: optax.GradientTransformation) -> Callable[[], State]:
     """A function that builds a fresh train state (jit it with the state's out_shardings)."""
 
     def init() -> State:
         _, params, model_state = split(build_model(config, info))
-        return {"step": jnp.zeros((), jnp.int32), "params": params,
-                "opt_state": tx.init(params), "model_state": model_state,
-                "nonfinite": {"count": jnp.zeros((), jnp.int32),
-                              "last_step": jnp.full((), -1, jnp.int32)}}
+        return _fresh(params, model_state, tx)
 
     return init
 
 
 def abstract_state(config: ml_collections.ConfigDict, info: DataInfo,
                    tx: optax.GradientTransformation) -> tuple[nnx.GraphDef, State]:
-    """(graphdef, shapes of the train state), nothing allocated."""
-    graphdef, _, _ = split(nnx.eval_shape(functools.partial(build_model, config, info)))
-    return graphdef, jax.eval_shape(init_fn(config, info, tx))
+    """(graphdef, shapes of the train state), nothing allocated; the model is traced once."""
+    graphdef, params, model_state = split(
+        nnx.eval_shape(functools.partial(build_model, config, info)))
+    return graphdef, jax.eval_shape(functools.partial(_fresh, tx=tx), params, model_state)
 
 
 def shardings(state_shape: Any, mesh: Mesh) -> Any:
@@ -121,8 +127,8 @@ def create(config: ml_collections.ConfigDict, info: DataInfo, tx: optax.Gradient
 def init(config: ml_collections.ConfigDict, info: DataInfo, tx: optax.GradientTransformation
          ) -> tuple[nnx.GraphDef, State]:
     """(graphdef, a fresh train state on the default device): for tests and benchmarks."""
-    graphdef, _ = abstract_state(config, info, tx)
-    return graphdef, init_fn(config, info, tx)()
+    graphdef, params, model_state = split(build_model(config, info))
+    return graphdef, _fresh(params, model_state, tx)
 
 
 def num_params(state: State) -> int:
