@@ -290,6 +290,11 @@ class Manager:
         return ({"params": state["params"], "model_state": state["model_state"]}, "latest",
                 int(state["step"]))
 
+    def best_step(self) -> int | None:
+        """The step of the best checkpoint (once its writes are complete), or None."""
+        self._wait(self.best)
+        return self.best.latest_step()
+
     def wait(self) -> None:
         """Wait for in-flight saves to be complete; a failed write raises CheckpointError."""
         for manager in (self.latest, self.best):

@@ -76,6 +76,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.sample_top_k = 40
     c.profile_steps = ml_collections.FieldReference(None, field_type=int)  # trace N steps
     c.attention_maps = False  # attention-map images in TensorBoard at each eval
+    # ... drawn on the first N tokens of the first evaluation example (None: all of them).
+    c.attention_map_len = ml_collections.FieldReference(None, field_type=int)
     # A step whose loss or gradient norm is not finite is never applied; then 'stop' ends the
     # run with an error naming the step, 'skip' goes on (skips counted in TensorBoard).
     c.on_nonfinite = "stop"

@@ -1,7 +1,8 @@
 """Decoding: sampling continuations from a language model, greedy decoding of a seq2seq model.
 
-A decoder-only LM whose mechanism supports a key/value cache decodes incrementally; other
-mechanisms recompute a fixed window of tokens per generated token. `python -m attnx.sample` and
+A decoder-only LM that decodes incrementally (a key/value cache, or local and LSH attention's own
+decoding) runs the prompt once and then one token per step; other models recompute a fixed window
+of tokens per generated token. `python -m attnx.sample` and
 the trainer's TensorBoard samples (through `attnx.tasks`) call these functions.
 """
 
@@ -11,8 +12,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-
-from attnx.attention import registry
 
 Array = jax.Array
 
@@ -31,22 +30,31 @@ def _choose(logits: Array, rng: Array, temperature: float, top_k: int | None) ->
 def generate_lm(model: nnx.Module, prompt: np.ndarray, num_tokens: int, *, window: int,
                 temperature: float = 1.0, top_k: int | None = None, seed: int = 0,
                 use_cache: bool | None = None) -> np.ndarray:
-    """Continue `prompt` `[B, P]` by `num_tokens`: -> `[B, P + num_tokens]` (window-limited).
+    """Continue `prompt` `[B, P]` by `num_tokens`: -> `[B, P' + num_tokens]`.
 
-    Uses the key/value cache when the model has one and its mechanism supports it
-    (`use_cache=None` picks it automatically); otherwise runs the model on a zero-padded window of
-    `window` tokens (causal, so padding after position t never affects t).
+    The whole output fits in `window` tokens (the model's length): a longer prompt keeps its
+    last P' = window - num_tokens tokens. Models that decode incrementally (`supports_decoding`:
+    a key/value cache, or local and LSH attention's own decoding) run the prompt once
+    (`prefill`) and then one token per step (`decode`); `use_cache=None` picks that whenever the
+    model can. Otherwise each step runs the model on the window, zero-padded after the tokens so
+    far: the mechanisms without incremental decoding (flash, Longformer's sliding window) are
+    causal position by position, so the padding never reaches an earlier token.
     """
+    if not 0 < num_tokens < window:
+        raise ValueError(f"num_tokens={num_tokens} must be in [1, window={window})")
+    if prompt.ndim != 2 or prompt.shape[1] < 1:
+        raise ValueError(f"prompt must be [batch, length >= 1] token ids, got shape "
+                         f"{prompt.shape}")
+    prompt = np.asarray(prompt)[:, -(window - num_tokens):]
     batch, length = prompt.shape
     rng = jax.random.key(seed)
     if use_cache is None:
-        use_cache = (hasattr(model, "init_caches")
-                     and registry.get(model.cfg.attention).supports_cache)
+        use_cache = getattr(model, "supports_decoding", False)
     if use_cache:
         total = length + num_tokens
-        caches = model.init_caches(batch, max(total, 1))
+        prefill = nnx.jit(lambda m, ids: m.prefill(ids, total))
         decode = nnx.jit(lambda m, ids, c: m.decode(ids, c))
-        logits, caches = decode(model, jnp.asarray(prompt), caches)
+        logits, caches = prefill(model, jnp.asarray(prompt))
         out = [prompt]
         last = logits[:, -1]
         for t in range(num_tokens):
@@ -56,13 +64,10 @@ def generate_lm(model: nnx.Module, prompt: np.ndarray, num_tokens: int, *, windo
                 logits, caches = decode(model, token[:, None].astype(jnp.int32), caches)
                 last = logits[:, -1]
         return np.concatenate(out, axis=1)
-    if length >= window:
-        prompt = prompt[:, -(window - 1):]
-        length = prompt.shape[1]
     buffer = np.zeros((batch, window), np.int32)
     buffer[:, :length] = prompt
     forward = nnx.jit(lambda m, ids: m(ids))
-    end = min(window, length + num_tokens)
+    end = length + num_tokens
     for t in range(length, end):
         logits = forward(model, jnp.asarray(buffer))[:, t - 1]
         buffer[:, t] = np.asarray(_choose(logits, jax.random.fold_in(rng, t), temperature, top_k))

@@ -41,7 +41,7 @@ NONFINITE_POLICIES = ("stop", "skip")
 # steps compute (run length, cadences, evaluation size, summaries, where the data lives).
 SAFE_ON_RESUME = frozenset({
     "num_train_steps", "log_every", "eval_every", "checkpoint_every", "eval_batches",
-    "keep_checkpoints", "profile_steps", "attention_maps", "num_samples", "sample_len",
+    "keep_checkpoints", "profile_steps", "attention_maps", "attention_map_len", "num_samples", "sample_len",
     "sample_prompt_len", "sample_temperature", "sample_top_k", "on_nonfinite", "data.data_dir"})
 # Train batches whose values (token ids, labels, NaN) are checked at the start of each run; the
 # shapes and dtypes of every batch are checked.
@@ -348,6 +348,7 @@ class Evaluator:
         self.config, self.task, self.dataset = config, task, dataset
         self.eval_step, self.graphdef, self.batch_sharding = eval_step, graphdef, batch_sharding
         self.writer, self.manager, self.best = writer, manager, best
+        self.maps_unavailable = False
 
     def improves(self, value: float) -> bool:
         if self.best is None:
@@ -375,11 +376,22 @@ class Evaluator:
         return metrics
 
     def _write_maps(self, step: int, model) -> None:
-        """Images of every layer's attention on the first evaluation example."""
+        """Images of every layer's attention on the first evaluation example (its first
+        `config.attention_map_len` tokens); a model that draws none says so, once."""
+        if self.maps_unavailable:
+            return
         batch = next(iter(self.dataset.eval_batches(self.config.data.eval_split,
                                                     global_batch_size=1, max_batches=1)))
+        length = self.config.attention_map_len
+        if length:
+            batch = {k: v[:, :length] if np.ndim(v) >= 2 else v for k, v in batch.items()}
         maps = attention_maps.model_maps(model, self.task, batch)
-        for tag, image in attention_maps.layer_images(maps or []).items():
+        if maps is None:
+            self.maps_unavailable = True
+            _log(f"attention_maps: {self.config.model.name} on task {self.task.name!r} draws no "
+                 "attention maps; none are written")
+            return
+        for tag, image in attention_maps.layer_images(maps).items():
             self.writer.image(step, tag, image)
 
 
@@ -509,10 +521,32 @@ class Preemption:
 # The run.
 
 
+def _duration(seconds: float) -> str:
+    """`75.2` -> '1m15s'; `3725` -> '1h02m05s'."""
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
+
+
+def log_summary(config, workdir: str, manager: checkpoints.Manager, metrics: dict[str, float],
+                steps_run: int, seconds: float) -> None:
+    """The run's last line: its steps and wall time, the final evaluation, and the best
+    checkpoint by `config.best_metric` (what `--mode=eval` and `attnx.sample` read)."""
+    final = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+    best_step = manager.best_step()
+    best = "no best checkpoint"
+    if best_step is not None:
+        best = (f"best checkpoint: step {best_step} "
+                f"({os.path.join(workdir, 'best', str(best_step))})")
+    _log(f"done: {config.num_train_steps} steps ({steps_run} in this run, {_duration(seconds)});"
+         f" final eval: {final}; {best}")
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        allow_config_change: bool = False) -> dict[str, float]:
     """Train `config` in `workdir` (resuming if it holds checkpoints); returns final eval metrics
     (empty if a signal stopped the run before its end: see `Preemption`)."""
+    run_start = time.perf_counter()
     validate(config)  # the settings first: before any data is prepared
     check_workdir(workdir)
     dataset = data.build(config.data, seed=config.seed)
@@ -550,8 +584,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
             writer.hparams(config_lib.flatten(config))
         if start_step >= last:
             _log(f"already trained for {last} steps; evaluating")
-            return evaluate(config, task, dataset, eval_step, state_lib.eval_state(state),
-                            batch_sharding, config.data.eval_split)
+            final_metrics = evaluate(config, task, dataset, eval_step,
+                                     state_lib.eval_state(state), batch_sharding,
+                                     config.data.eval_split)
+            log_summary(config, workdir, manager, final_metrics, 0,
+                        time.perf_counter() - run_start)
+            return final_metrics
         evaluator = Evaluator(config, task, dataset, eval_step, graphdef, batch_sharding, writer,
                               manager, best)
         progress, profile = Progress(config, writer), Profile(workdir, start_step,
@@ -588,6 +626,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                     manager.wait()
                     preemption.report(done, workdir)
                     break
+        if done == last:
+            log_summary(config, workdir, manager, final_metrics, last - start_step,
+                        time.perf_counter() - run_start)
     except KeyboardInterrupt:
         _log("interrupted: the last complete checkpoint is kept; re-run the command to resume")
         raise

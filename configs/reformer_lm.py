@@ -49,6 +49,10 @@ def get_config(arg: str | None = None):
     config.best_metric = "bits_per_byte"
     config.num_samples = 1
     config.sample_len = 64
+    # TensorBoard's Images tab: each layer's attention on the first 512 bytes of the first
+    # validation window (local layers' bands, LSH layers' sorted chunks).
+    config.attention_maps = True
+    config.attention_map_len = 512
     if arg.smoke:
         config.data.seq_len = 256
         config.model.update(d_model=64, num_heads=2, d_ff=128, attn_layers=("local", "lsh"),

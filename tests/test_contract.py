@@ -365,3 +365,32 @@ def test_module_cache_exactly_where_declared(case):
     first, cache = layer(x[:, :4], cache=cache)
     second, _ = layer(x[:, 4:], cache=cache)
     _close(jnp.concatenate([first, second], axis=1), layer(x, causal=True))
+
+
+def test_incremental_decoding_exactly_where_declared(case):
+    """`decoding`: prefill equals the causal attention over the prompt; 'exact' steps equal its
+    later rows; 'rule' steps are checked against their rule's reference in the mechanism's own
+    tests (here: shapes, finiteness and the advancing index). Others refuse to decode."""
+    _sequence_module(case)
+    entry, ex = case.entry, case.example
+    layer = MultiHeadAttention(16, 2, mechanism=entry.name, options=ex.options,
+                               rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(11), (2, 8, 16))
+    if not layer.can_decode:
+        assert entry.decoding is None and not entry.supports_cache
+        with pytest.raises(ValueError, match="cannot decode incrementally"):
+            layer.prefill(x, 8)
+        return
+    if entry.decoding is None:
+        return  # a plain key/value cache: test_module_cache_exactly_where_declared
+    prompt_out, cache = layer.prefill(x[:, :5], 8)
+    _close(prompt_out, layer(x[:, :5], causal=True))
+    steps = [prompt_out]
+    for t in range(5, 8):
+        out, cache = layer.decode_step(x[:, t:t + 1], cache)
+        steps.append(out)
+    assert int(cache["index"]) == 8
+    decoded = jnp.concatenate(steps, axis=1)
+    assert decoded.shape == (2, 8, 16) and bool(jnp.isfinite(decoded).all())
+    if entry.decoding == "exact":
+        _close(decoded, layer(x, causal=True))

@@ -129,3 +129,17 @@ def test_bad_input_raises_value_error(qkv, override, match):
         local.local_attention(q, k, v, **options)
     with pytest.raises(ValueError, match=match):
         local.pattern(q, k, **options)
+
+
+def test_decode_step_equals_the_last_row_of_causal_local_attention(qkv):
+    """Prefill 3 tokens, then decode the rest one at a time, across chunk boundaries."""
+    q, k, v = (x[:, :20] for x in qkv[:3])
+    options = dict(chunk_len=4, chunks_before=2)
+    out, cache = local.prefill(q[:, :3], k[:, :3], v[:, :3], max_len=20, **options)
+    steps = [out]
+    step = jax.jit(lambda a, b, c, d: local.decode_step(a, b, c, d, **options))
+    for i in range(3, 20):
+        out, cache = step(q[:, i:i + 1], k[:, i:i + 1], v[:, i:i + 1], cache)
+        steps.append(out)
+    full = local.local_attention(q, k, v, causal=True, **options)
+    np.testing.assert_allclose(jnp.concatenate(steps, axis=1), full, atol=1e-5)

@@ -360,3 +360,80 @@ def test_bad_input_raises_value_error(qkv, override, match):
         lsh.lsh_attention(qk, v, **options)
     with pytest.raises(ValueError, match=match):
         lsh.pattern(qk, qk, **options)
+
+
+# ----------------------------------------------------------------------------- decoding
+
+
+def _decode_rule_reference(qk, v, buckets, i, *, chunk_len, chunks_before, chunks_after,
+                           attend_across_buckets, allow_duplicate_attention):
+    """HF's decoding rule for token i, written as loops: qk, v `[B, T, N, H]` (positions 0..i
+    used), buckets `[B, N, R, T]` -> `[B, N, H]`."""
+    qk, v, buckets = (np.asarray(x, np.float64) for x in (qk, v, buckets))
+    b_size, _, n_heads, h = qk.shape
+    width = chunk_len * (1 + chunks_before + chunks_after)
+    out = np.zeros((b_size, n_heads, v.shape[-1]))
+    for b in range(b_size):
+        for n in range(n_heads):
+            entries = []  # (key position, same bucket as the query in that round)
+            for r in range(buckets.shape[2]):
+                order = sorted(range(i + 1), key=lambda j: (buckets[b, n, r, j], j))
+                p = order.index(i)
+                first = (p // chunk_len - chunks_before) * chunk_len
+                for s in range(first, first + width):
+                    j = order[s % (i + 1)]
+                    entries.append((j, buckets[b, n, r, j] == buckets[b, n, r, i]))
+            q = qk[b, i, n]
+            logits, values = [], []
+            for j, same in entries:
+                k = qk[b, j, n] / np.sqrt(np.mean(qk[b, j, n] ** 2) + 1e-6) / np.sqrt(h)
+                logit = lsh.SELF_LOGIT if j == i else q @ k
+                if not attend_across_buckets and not same:
+                    logit = lsh.MASKED_LOGIT
+                if not allow_duplicate_attention:
+                    count = sum(jj == j and (attend_across_buckets or s2) for jj, s2 in entries)
+                    logit -= np.log(max(count, 1))
+                logits.append(logit)
+                values.append(v[b, j, n])
+            w = np.exp(np.array(logits) - max(logits))
+            out[b, n] = (w / w.sum()) @ np.array(values)
+    return out
+
+
+@pytest.mark.parametrize("across,duplicates", [(True, True), (False, False)])
+def test_decode_step_follows_hf_decoding_rule(across, duplicates):
+    """Prefill 5 tokens, then decode 7 one at a time; each step equals the loop reference of the
+    rule over the tokens so far (with the buckets the full hashing gives every token)."""
+    t, options = 12, dict(n_hashes=2, n_buckets=4, chunk_len=4, chunks_before=1, chunks_after=0,
+                          attend_across_buckets=across, allow_duplicate_attention=duplicates)
+    qk, v = (jax.random.normal(key, (B, t, N, H)) for key in jax.random.split(jax.random.key(5)))
+    rng = jax.random.key(9)
+    buckets = lsh.hash_vectors(qk, n_hashes=2, n_buckets=4, rng=rng)
+    prompt_out, cache = lsh.prefill(qk[:, :5], v[:, :5], max_len=t, rng=rng, **options)
+    np.testing.assert_allclose(prompt_out, lsh.lsh_attention(
+        qk[:, :5], v[:, :5], causal=True, rng=rng, **options), atol=1e-6)
+    step = jax.jit(lambda a, b, c: lsh.decode_step(a, b, c, rng=rng, **options))
+    for i in range(5, t):
+        out, cache = step(qk[:, i:i + 1], v[:, i:i + 1], cache)
+        expected = _decode_rule_reference(
+            qk, v, buckets, i, **{k: options[k] for k in (
+                "chunk_len", "chunks_before", "chunks_after", "attend_across_buckets",
+                "allow_duplicate_attention")})
+        np.testing.assert_allclose(out[:, 0], expected, atol=2e-5, err_msg=f"step {i}")
+    np.testing.assert_array_equal(cache["buckets"], buckets)
+    assert int(cache["index"]) == t
+
+
+def test_decode_step_is_the_last_row_of_the_full_attention_where_they_coincide():
+    """One round and whole chunks (no padding, no wrap across rounds): the rule is exactly the
+    last row of causal `lsh_attention` over the tokens so far."""
+    t, options = 16, dict(n_hashes=1, n_buckets=4, chunk_len=4, chunks_before=1, chunks_after=0)
+    qk, v = (jax.random.normal(key, (B, t, N, H)) for key in jax.random.split(jax.random.key(6)))
+    rng = jax.random.key(2)
+    _, cache = lsh.prefill(qk[:, :3], v[:, :3], max_len=t, rng=rng, **options)
+    step = jax.jit(lambda a, b, c: lsh.decode_step(a, b, c, rng=rng, **options))
+    for i in range(3, t):
+        out, cache = step(qk[:, i:i + 1], v[:, i:i + 1], cache)
+        if (i + 1) % 4 == 0:
+            full = lsh.lsh_attention(qk[:, :i + 1], v[:, :i + 1], causal=True, rng=rng, **options)
+            np.testing.assert_allclose(out[:, 0], full[:, -1], atol=1e-5, err_msg=f"step {i}")

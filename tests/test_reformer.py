@@ -1,5 +1,6 @@
 """ReformerLM: reversible gradients with LSH and dropout, causality, the Full attention mode,
-config errors, the duplication task's rows, and a `reformer_lm:smoke` run end to end."""
+incremental decoding and attention maps, config errors, the duplication task's rows, and a
+`reformer_lm:smoke` run end to end."""
 
 import importlib.util
 import math
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from attnx import models
+from attnx import decoding, models
 from attnx.attention import dense
 from attnx.data import duplication
 from attnx.models.reformer import AttentionBranch, ReformerConfig, ReformerLM
@@ -218,3 +219,52 @@ def test_reformer_lm_smoke_run_end_to_end(tmp_path, data_dir: str):
     metrics = train.train_and_evaluate(config, str(tmp_path / "run"))
     assert metrics["loss"] < 0.8 * math.log(256), metrics  # learned beyond uniform bytes
     assert os.path.isdir(tmp_path / "run" / "tensorboard")
+
+
+@pytest.fixture(scope="module")
+def exact_decoder() -> ReformerLM:
+    """Local and dense layers: incremental decoding is exact."""
+    return ReformerLM(_settings(attn_layers=("local", "dense"), dropout_rate=0.0,
+                                attention_dropout=0.0), rngs=nnx.Rngs(1))
+
+
+def test_local_and_dense_decoding_equals_the_full_forward(exact_decoder):
+    ids = jax.random.randint(jax.random.key(4), (2, 20), 0, 20)
+    logits, caches = nnx.jit(lambda m, x: m.prefill(x, T))(exact_decoder, ids[:, :5])
+    steps = [logits]
+    decode = nnx.jit(lambda m, x, c: m.decode(x, c))
+    for t in range(5, 20):  # across chunk boundaries of 8
+        logits, caches = decode(exact_decoder, ids[:, t:t + 1], caches)
+        steps.append(logits)
+    np.testing.assert_allclose(jnp.concatenate(steps, 1), exact_decoder(ids), atol=2e-5)
+
+
+def test_sampling_decodes_incrementally_by_default(exact_decoder, model):
+    """Greedy samples through the caches equal those of the windowed recomputation (exact for
+    local + dense); the LSH model decodes through its caches too."""
+    prompt = np.array([[3, 5, 7], [1, 2, 3]], np.int32)
+    assert exact_decoder.supports_decoding and model.supports_decoding
+    cached = decoding.generate_lm(exact_decoder, prompt, 9, window=T, temperature=0.0)
+    windowed = decoding.generate_lm(exact_decoder, prompt, 9, window=T, temperature=0.0,
+                                    use_cache=False)
+    np.testing.assert_array_equal(cached, windowed)
+    assert cached.shape == (2, 12)
+    sampled = decoding.generate_lm(model, prompt, 4, window=T, top_k=5)
+    assert sampled.shape == (2, 7) and (sampled[:, :3] == prompt).all()
+    with pytest.raises(ValueError, match="num_tokens"):
+        decoding.generate_lm(model, prompt, T, window=T)
+
+
+def test_lsh_prefill_equals_the_full_forward_and_attention_maps_follow_the_pattern(model):
+    ids = jax.random.randint(jax.random.key(5), (2, 16), 0, 20)
+    logits, _ = model.prefill(ids, T)
+    np.testing.assert_allclose(logits, model(ids), atol=2e-5)
+    maps = model.attention_maps(jnp.tile(ids[:1], (1, 2)))
+    assert [m.shape for m in maps] == [(1, 2, T, T)] * 2
+    for weights in maps:
+        weights = np.asarray(weights)
+        np.testing.assert_allclose(weights.sum(-1), 1.0, atol=1e-5)
+        assert (np.triu(weights[0, 0], 1) == 0).all()  # causal
+    local_band = np.asarray(maps[0])[0, 0]  # chunks of 8, each seeing the one before
+    assert (local_band[31, :16] == 0).all() and (local_band[31, 16:] > 0).all()
+    assert (np.asarray(maps[1])[0, 0, 31] > 0).sum() < T  # LSH: a few sorted chunks

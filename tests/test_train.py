@@ -43,6 +43,11 @@ def test_smoke_run_logs_checkpoints_and_resumes(data_dir, tmp_path, capsys):
     assert np.isclose(metrics["bits_per_byte"], metrics["loss"] / np.log(2))
     out = capsys.readouterr().out
     assert "step 12/12 | loss" in out and "tokens/s" in out and "ETA" in out
+    best_step = max(int(s) for s in os.listdir(os.path.join(workdir, "best")))
+    summary = out.strip().splitlines()[-1]
+    assert summary.startswith("done: 12 steps (12 in this run, ") and "final eval: loss " in summary
+    assert summary.endswith(f"best checkpoint: step {best_step} "
+                            f"({os.path.join(workdir, 'best', str(best_step))})")
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["12", "6"]
     assert os.listdir(os.path.join(workdir, "best"))
 
@@ -61,6 +66,12 @@ def test_smoke_run_logs_checkpoints_and_resumes(data_dir, tmp_path, capsys):
     train.train_and_evaluate(config, workdir)
     assert "Resuming from step 12 of" in capsys.readouterr().out
     assert "18" in os.listdir(os.path.join(workdir, "checkpoints"))
+
+    again = train.train_and_evaluate(config, workdir)  # finished: evaluates, trains nothing
+    out = capsys.readouterr().out
+    assert "already trained for 18 steps" in out and "compiled the train step" not in out
+    assert out.strip().splitlines()[-1].startswith("done: 18 steps (0 in this run, ")
+    assert {"loss", "bits_per_byte"} <= set(again)
 
 
 def test_stopped_and_resumed_equals_uninterrupted(data_dir, tmp_path):

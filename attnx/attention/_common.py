@@ -72,3 +72,24 @@ def look_around(chunks: Array, before: int, after: int, *, wrap: bool) -> Array:
         padded = jnp.pad(chunks, [(0, 0), (before, after)] + [(0, 0)] * (chunks.ndim - 2))
         parts = [padded[:, o : o + n_chunks] for o in range(before + 1 + after)]
     return jnp.concatenate(parts, axis=2)
+
+
+def prefix_cache(k: Array, v: Array, max_len: int) -> dict[str, Array]:
+    """A decoding cache holding the keys and values `[B, P, N, H]` of a prompt, in buffers of
+    `max_len` positions: {'k', 'v': `[B, max_len, N, H]`, 'index': P (the next position)}."""
+    if not 1 <= k.shape[1] <= max_len:
+        raise ValueError(f"the prompt has {k.shape[1]} tokens; the cache holds max_len={max_len}"
+                         " (and the prompt needs at least one)")
+    return {"k": pad_axis(k, max_len), "v": pad_axis(v, max_len),
+            "index": jnp.asarray(k.shape[1], jnp.int32)}
+
+
+def append_to_cache(cache: dict[str, Array], k: Array, v: Array) -> dict[str, Array]:
+    """The cache with one more token's key and value `[B, 1, N, H]` written at `cache['index']`
+    (the index is not advanced: the caller does, once the token is decoded)."""
+    index = cache["index"]
+    return {**cache,
+            "k": jax.lax.dynamic_update_slice_in_dim(cache["k"], k.astype(cache["k"].dtype),
+                                                     index, 1),
+            "v": jax.lax.dynamic_update_slice_in_dim(cache["v"], v.astype(cache["v"].dtype),
+                                                     index, 1)}

@@ -128,3 +128,64 @@ def pattern(
         None if mask is None else dense.key_padding_pattern(mask),
     )
     return jnp.broadcast_to(full, (b, n, t, t))
+
+
+def prefill(
+    q: Array,
+    k: Array,
+    v: Array,
+    *,
+    max_len: int,
+    chunk_len: int,
+    chunks_before: int = 1,
+    chunks_after: int = 0,
+    **unused_options,
+) -> tuple[Array, dict[str, Array]]:
+    """Causal local attention over a prompt q, k, v `[B, P, N, H]`, and the decoding cache of
+    `max_len` positions that `decode_step` continues from: (`[B, P, N, Hv]`, cache)."""
+    del unused_options
+    out = local_attention(q, k, v, chunk_len=chunk_len, chunks_before=chunks_before,
+                          chunks_after=chunks_after, causal=True)
+    return out, _common.prefix_cache(k, v, max_len)
+
+
+def decode_step(
+    q: Array,
+    k: Array,
+    v: Array,
+    cache: dict[str, Array],
+    *,
+    chunk_len: int,
+    chunks_before: int = 1,
+    chunks_after: int = 0,
+    **unused_options,
+) -> tuple[Array, dict[str, Array]]:
+    """Causal local attention of one new token after the cached ones (incremental decoding).
+
+    q, k, v `[B, 1, N, H]` are the token at position `cache['index']`. It attends to the keys of
+    its own chunk up to itself and of the `chunks_before` chunks before it (the keys after it are
+    in the future, so `chunks_after` plays no part): exactly the last row of
+    `local_attention(..., causal=True)` over positions 0 .. index. Only that window of
+    (chunks_before + 1) * chunk_len cached keys is read. Returns (`[B, 1, N, Hv]` in q's dtype,
+    the cache with the token appended).
+    """
+    del chunks_after, unused_options
+    if q.ndim != 4 or q.shape[1] != 1:
+        raise ValueError(f"q must be one token [batch, 1, heads, head_dim], got shape {q.shape}")
+    _common.check_int("chunk_len", chunk_len, 1)
+    _common.check_int("chunks_before", chunks_before, 0)
+    cache = _common.append_to_cache(cache, k, v)
+    index, max_len = cache["index"], cache["k"].shape[1]
+    width = min(max_len, (chunks_before + 1) * chunk_len)
+    first = (index // chunk_len - chunks_before) * chunk_len  # the window's first position
+    start = jnp.clip(first, 0, max_len - width)
+    keys = jax.lax.dynamic_slice_in_dim(cache["k"], start, width, axis=1)  # [B, W, N, H]
+    values = jax.lax.dynamic_slice_in_dim(cache["v"], start, width, axis=1)
+    positions = start + jnp.arange(width)
+    allowed = (positions >= first) & (positions <= index)  # [W]
+    scale = jnp.asarray(1.0 / math.sqrt(q.shape[-1]), keys.dtype)
+    logits = jnp.einsum("bqnh,bknh->bnqk", q, keys * scale, preferred_element_type=jnp.float32)
+    weights = _common.masked_softmax(logits, allowed[None, None, None, :])
+    out = jnp.einsum("bnqk,bknh->bqnh", weights.astype(values.dtype), values,
+                     preferred_element_type=jnp.float32)
+    return out.astype(q.dtype), {**cache, "index": index + 1}

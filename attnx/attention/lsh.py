@@ -636,3 +636,120 @@ def reference(
     logits = logits + jnp.log(jnp.maximum(entries, 1).astype(jnp.float32))
     weights = _common.masked_softmax(logits, entries > 0)
     return jnp.einsum("bnqk,bknh->bqnh", weights, v.astype(jnp.float32)).astype(qk.dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# Incremental decoding: HF's rule (`past_buckets_states`).
+
+
+def prefill(
+    qk: Array,
+    v: Array,
+    *,
+    max_len: int,
+    n_hashes: int,
+    n_buckets: int | Sequence[int],
+    chunk_len: int,
+    chunks_before: int = 1,
+    chunks_after: int = 0,
+    rng: jax.Array | None = None,
+    rotations: Array | None = None,
+    attend_across_buckets: bool = True,
+    allow_duplicate_attention: bool = True,
+    **unused_options,
+) -> tuple[Array, dict[str, Array]]:
+    """Causal LSH attention over a prompt qk, v `[B, P, N, H]` (exactly `lsh_attention`), and
+    the decoding cache of `max_len` positions `decode_step` continues from: the prompt's qk, v
+    and buckets (`'buckets'` `[B, N, n_hashes, max_len]`). Returns (`[B, P, N, Hv]`, cache)."""
+    del unused_options
+    out, buckets = lsh_attention(
+        qk, v, n_hashes=n_hashes, n_buckets=n_buckets, chunk_len=chunk_len,
+        chunks_before=chunks_before, chunks_after=chunks_after, causal=True, rng=rng,
+        rotations=rotations, attend_across_buckets=attend_across_buckets,
+        allow_duplicate_attention=allow_duplicate_attention, return_buckets=True)
+    cache = _common.prefix_cache(qk, v, max_len)
+    cache["buckets"] = _common.pad_axis(buckets, max_len, axis=3)
+    return out, cache
+
+
+def decode_step(
+    qk: Array,
+    v: Array,
+    cache: dict[str, Array],
+    *,
+    n_hashes: int,
+    n_buckets: int | Sequence[int],
+    chunk_len: int,
+    chunks_before: int = 1,
+    chunks_after: int = 0,
+    rng: jax.Array | None = None,
+    rotations: Array | None = None,
+    attend_across_buckets: bool = True,
+    allow_duplicate_attention: bool = True,
+    **unused_options,
+) -> tuple[Array, dict[str, Array]]:
+    """LSH attention of one new token after the cached ones, by HF's decoding rule.
+
+    qk, v `[B, 1, N, H]` are the token at position i = `cache['index']`. The token is hashed with the prompt's rotations (same `rng` or
+    `rotations`). In every round, the i + 1 tokens (cached and new) are sorted by (bucket,
+    position); the new token, the latest, lands at slot p, last of its bucket; it attends to the
+    window of slots (p // chunk_len - chunks_before) * chunk_len onwards,
+    chunk_len * (1 + chunks_before + chunks_after) of them, taken modulo i + 1 (so a short
+    sequence repeats tokens, and the window wraps within its round, not across rounds). All
+    rounds' entries share one softmax (so a key in several windows counts that many times), with
+    the logit rules of `lsh_attention`: keys are the normalised qk / sqrt(H), the token's own
+    pair -1e5, and the `attend_across_buckets` / `allow_duplicate_attention` options.
+
+    This is a decoding rule, not the last row of `lsh_attention` over positions 0 .. i: the
+    cached tokens keep the outputs they had when they were decoded, and the windows wrap within
+    a round. Returns (`[B, 1, N, Hv]` in qk's dtype, the cache with the token appended).
+    """
+    del unused_options
+    if qk.ndim != 4 or qk.shape[1] != 1:
+        raise ValueError(f"qk must be one token [batch, 1, heads, head_dim], got shape {qk.shape}")
+    _common.check_int("chunk_len", chunk_len, 1)
+    _common.check_int("chunks_before", chunks_before, 0)
+    _common.check_int("chunks_after", chunks_after, 0)
+    factors = _bucket_factors(n_buckets)
+    cache = _common.append_to_cache(cache, qk, v)
+    index, max_len = cache["index"], cache["k"].shape[1]
+    if (math.prod(factors) * n_hashes + 1) * max_len >= 2**31:
+        raise ValueError(f"n_buckets * n_hashes * max_len must stay below 2**31 (int32 sort keys),"
+                         f" got n_buckets={n_buckets!r}, n_hashes={n_hashes}, max_len={max_len}")
+    new_buckets = hash_vectors(qk, n_hashes=n_hashes, n_buckets=factors, rng=rng,
+                               rotations=rotations)  # [B, N, R, 1]
+    positions = jnp.arange(max_len, dtype=jnp.int32)
+    buckets = jnp.where(positions == index, new_buckets, cache["buckets"])  # [B, N, R, M]
+    # Sort each round by (bucket, position); empty slots after the new token sort last.
+    keys = jnp.where(positions <= index, buckets * max_len + positions, _PAD_BUCKET)
+    order = jnp.argsort(keys, axis=-1).astype(jnp.int32)  # positions in sorted order
+    slot = jnp.sum(keys < (new_buckets * max_len + index), axis=-1)  # [B, N, R]
+    width = chunk_len * (1 + chunks_before + chunks_after)
+    first = (slot // chunk_len - chunks_before) * chunk_len
+    window = jnp.mod(first[..., None] + jnp.arange(width), index + 1)  # [B, N, R, W] slots
+    key_pos = jnp.take_along_axis(order, window, axis=-1)  # [B, N, R, W] positions
+    b, n = key_pos.shape[:2]
+    entries = key_pos.reshape(b, n, -1)  # [B, N, E], E = R * W
+
+    def gather(x: Array) -> Array:  # [B, M, N, D] -> [B, N, E, D]
+        return jnp.take_along_axis(jnp.swapaxes(x, 1, 2), entries[..., None], axis=2)
+
+    k_e = gather(cache["k"])
+    k_e = k_e * _key_scale(k_e)[..., None].astype(k_e.dtype)
+    logits = jnp.einsum("bnh,bneh->bne", qk[:, 0], k_e, preferred_element_type=jnp.float32)
+    logits = jnp.where(entries == index, SELF_LOGIT, logits)
+    same = None
+    if not attend_across_buckets:
+        key_buckets = jnp.take_along_axis(buckets, key_pos, axis=-1)  # [B, N, R, W]
+        same = (key_buckets == new_buckets).reshape(b, n, -1)
+        logits = jnp.where(same, logits, MASKED_LOGIT)
+    if not allow_duplicate_attention:
+        pairs = entries[..., :, None] == entries[..., None, :]  # [B, N, E, E]
+        if same is not None:
+            pairs = pairs & same[..., None, :]
+        logits = logits - jnp.log(jnp.maximum(pairs.sum(-1), 1).astype(jnp.float32))
+    weights = jax.nn.softmax(logits, axis=-1)
+    out = jnp.einsum("bne,bneh->bnh", weights.astype(v.dtype), gather(cache["v"]),
+                     preferred_element_type=jnp.float32)
+    new_cache = {**cache, "buckets": buckets, "index": index + 1}
+    return out[:, None].astype(qk.dtype), new_cache

@@ -3,7 +3,7 @@
 A registry entry is everything the rest of attnx knows about a mechanism: where its function, dense
 pattern and (where it is not a masked dense attention) reference function live; its layout and mask
 kind; its capabilities (dropout, bias, key/value cache, shared QK, global tokens, causal, Tq != Tk);
-the options it takes and their presets (the settings of one context: LRA, the benchmark, the
+how it decodes incrementally; the options it takes and their presets (the settings of one context: LRA, the benchmark, the
 Reformer LM); small example inputs for tests; and the attention cost per query that model FLOP
 counts use. Nothing outside this file compares a mechanism's name. Adding a mechanism is one new
 file and one entry in `_MECHANISMS`; `tests/test_contract.py` then checks it against its pattern
@@ -117,6 +117,14 @@ class Mechanism:
       supports_cross_length: queries and keys may differ in length (Tq != Tk).
       zero_masked_rows: a query with no key to attend returns zeros (LSH: a token with no other
         key attends to itself, and outputs at padded queries are unspecified).
+      decoding: how the mechanism's module decodes causally one token at a time with a cache
+        of its own, through `prefill(*operands, max_len, **options) -> (out, cache)` (the
+        prompt, attended exactly as `function` with causal=True) and
+        `decode_step(*operands, cache, **options) -> (out, cache)` (one token `[B, 1, N, H]`):
+        'exact' (each step equals the last row of the causal attention over every position so
+        far: local attention's last chunks), 'rule' (a decoding rule that differs from
+        recomputation, documented by `decode_step`: LSH's HF bucket rule), or None (no such
+        functions; dense decodes through `supports_cache`).
     """
 
     name: str
@@ -141,6 +149,7 @@ class Mechanism:
     supports_causal: bool = True
     supports_cross_length: bool = False
     zero_masked_rows: bool = True
+    decoding: str | None = None
 
     def __post_init__(self):
         if self.layout not in LAYOUTS:
@@ -153,6 +162,9 @@ class Mechanism:
         if unknown:
             raise ValueError(f"mechanism {self.name!r}: unknown presets {unknown}; "
                              f"known presets: {', '.join(PRESETS)}")
+        if self.decoding not in (None, "exact", "rule"):
+            raise ValueError(f"mechanism {self.name!r}: decoding must be None, 'exact' or 'rule', "
+                             f"got {self.decoding!r}")
         if self.supports_cache and not (self.mask_kind == "full" and self.supports_cross_length):
             raise ValueError(f"mechanism {self.name!r}: a key/value cache needs mask_kind 'full' "
                              "and supports_cross_length")
@@ -169,6 +181,16 @@ class Mechanism:
     @property
     def pattern_fn(self) -> Callable[..., Any]:
         return getattr(importlib.import_module(self.module), self.pattern_function)
+
+    @property
+    def prefill_fn(self) -> Callable[..., Any]:
+        """The module's `prefill` (mechanisms with `decoding`)."""
+        return getattr(importlib.import_module(self.module), "prefill")
+
+    @property
+    def decode_step_fn(self) -> Callable[..., Any]:
+        """The module's `decode_step` (mechanisms with `decoding`)."""
+        return getattr(importlib.import_module(self.module), "decode_step")
 
     @property
     def reference_fn(self) -> Callable[..., Any] | None:
@@ -311,7 +333,7 @@ _MECHANISMS: dict[str, Mechanism] = {
             example_options=dict(n_hashes=2, n_buckets=4, chunk_len=4, chunks_before=1,
                                  chunks_after=0),
             keys_per_query=lambda o, length, causal: _chunk_window(o) * o["n_hashes"],
-            shared_qk=True, needs_rng=True, zero_masked_rows=False),
+            shared_qk=True, needs_rng=True, zero_masked_rows=False, decoding="rule"),
         Mechanism(
             "local", "attnx.attention.local", "local_attention", "pattern",
             options=("chunk_len", "chunks_before", "chunks_after"),
@@ -324,7 +346,7 @@ _MECHANISMS: dict[str, Mechanism] = {
                     chunk_len=block, chunks_before=1, chunks_after=0),
             },
             example_options=dict(chunk_len=8, chunks_before=1, chunks_after=1),
-            keys_per_query=lambda o, length, causal: _chunk_window(o)),
+            keys_per_query=lambda o, length, causal: _chunk_window(o), decoding="exact"),
         Mechanism(
             "longformer", "attnx.attention.longformer", "sliding_window_attention", "pattern",
             reference_function="reference",

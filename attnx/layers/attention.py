@@ -3,7 +3,8 @@
 The module owns everything around the pure attention function: query/key/value projections (one
 shared query-key projection for mechanisms that need it, e.g. LSH), the global projections of
 Longformer, the output projection, and a key/value cache for incremental decoding (with the
-mechanisms whose registry entry `supports_cache`). Randomness is explicit: the caller passes one `rng` key (or None for deterministic
+mechanisms whose registry entry `supports_cache`) or the mechanism's own decoding (`prefill`,
+`decode_step`: local and LSH attention). Randomness is explicit: the caller passes one `rng` key (or None for deterministic
 evaluation) and the module derives the dropout and hashing keys from it, so that a reversible layer
 can replay the exact same call in its backward pass.
 """
@@ -187,6 +188,48 @@ class MultiHeadAttention(nnx.Module):
                                 dropout_rng=dropout_rng, **self.options)
         out = self.out(out.reshape(out.shape[:2] + (-1,)))
         return out, {"k": new_k, "v": new_v, "index": index + tq}
+
+    @property
+    def can_decode(self) -> bool:
+        """Whether `prefill` / `decode_step` work: a key/value cache or a decoding rule."""
+        return self.mechanism.supports_cache or self.mechanism.decoding is not None
+
+    def _decoding_options(self, x: Array, overrides: Mapping[str, Any]) -> dict[str, Any]:
+        if not self.can_decode:
+            able = [name for name in registry.names()
+                    if registry.get(name).supports_cache or registry.get(name).decoding]
+            raise ValueError(f"mechanism {self.mechanism.name!r} cannot decode incrementally; "
+                             f"mechanisms that can: {', '.join(able)}")
+        kwargs = self.mechanism_kwargs(mask=None, causal=True, rng=None, global_mask=None, x_q=x)
+        kwargs.pop("causal")
+        return {**kwargs, **overrides}
+
+    def prefill(self, x: Array, max_len: int, *,
+                options: Mapping[str, Any] | None = None) -> tuple[Array, dict[str, Array]]:
+        """Causal self-attention over a prompt `x` `[B, P, D]` (deterministic), and the cache of
+        `max_len` positions that `decode_step` continues from: (`[B, P, D]`, cache).
+        `options` override the layer's mechanism options (e.g. evaluation's LSH rounds)."""
+        kwargs = self._decoding_options(x, options or {})
+        if self.mechanism.decoding is None:  # a plain key/value cache (`supports_cache`)
+            cache = init_cache(x.shape[0], max_len, self.num_heads, self.head_dim,
+                               self.out.dtype or jnp.float32)
+            return self(x, cache=cache)
+        q, k, v = self.project(x, x)
+        out, cache = self.mechanism.prefill_fn(*self.mechanism.operands(q, k, v),
+                                               max_len=max_len, **kwargs)
+        return self.out(out.reshape(out.shape[:2] + (-1,))), cache
+
+    def decode_step(self, x: Array, cache: dict[str, Array], *,
+                    options: Mapping[str, Any] | None = None) -> tuple[Array, dict[str, Array]]:
+        """One new token `x` `[B, 1, D]` after the cached ones: (`[B, 1, D]`, new cache). Exact
+        for key/value caches and decoding 'exact' mechanisms; LSH follows its decoding rule."""
+        kwargs = self._decoding_options(x, options or {})
+        if self.mechanism.decoding is None:
+            return self(x, cache=cache)
+        q, k, v = self.project(x, x)
+        out, cache = self.mechanism.decode_step_fn(*self.mechanism.operands(q, k, v), cache,
+                                                   **kwargs)
+        return self.out(out.reshape(out.shape[:2] + (-1,))), cache
 
     def pattern(self, x: Array, *, mask: Array | None = None, causal: bool = False,
                 global_mask: Array | None = None, rng: Array | None = None) -> Array:

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from attnx.attention import registry
+from attnx.attention import dense, registry
 from attnx.layers.attention import MultiHeadAttention
 from attnx.layers.axial import AxialPosition
 from attnx.layers.feed_forward import ACTIVATIONS, ChunkedFeedForward, FeedForward, dropout
@@ -117,6 +117,25 @@ class AttentionBranch(nnx.Module):
         out = attn.mechanism.fn(q, v, **kwargs)
         return attn.out(out.reshape(out.shape[:2] + (-1,)))
 
+    def prefill(self, x: Array, max_len: int) -> tuple[Array, dict[str, Array]]:
+        """Evaluation's attention over a prompt `x` `[B, P, D]`, and its decoding cache."""
+        return self.attention.prefill(self.norm(x), max_len, options=self.eval_options)
+
+    def decode_step(self, x: Array, cache: dict[str, Array]) -> tuple[Array, dict[str, Array]]:
+        """One new token `x` `[B, 1, D]` after the cached ones (see `MultiHeadAttention`)."""
+        return self.attention.decode_step(self.norm(x), cache, options=self.eval_options)
+
+    def weights(self, x: Array) -> Array:
+        """Evaluation's attention weights `[B, N, T, T]`: the dense equivalent of the pattern
+        (LSH: the keys sharing a sorted chunk; local: the band of chunks)."""
+        h = self.norm(x)
+        attn = self.attention
+        q, k, _ = attn.project(h, h)
+        kwargs = attn.mechanism_kwargs(mask=None, causal=True, rng=None, global_mask=None, x_q=h)
+        kwargs.pop("global_qkv", None)
+        allowed = attn.mechanism.pattern_fn(q, k, **{**kwargs, **self.eval_options})
+        return dense.attention_weights(q, k, mask=allowed)
+
     def __call__(self, x: Array, *, rng: Array | None = None) -> Array:
         h = self.norm(x)
         if rng is None:
@@ -164,6 +183,62 @@ class ReformerLM(nnx.Module):
         self.final_norm = LayerNorm(2 * cfg.d_model, rngs=rngs)
         self.lm_head = nnx.Linear(2 * cfg.d_model, cfg.vocab_size, dtype=cfg.dtype, rngs=rngs)
 
+    @property
+    def supports_decoding(self) -> bool:
+        """Every layer's mechanism decodes incrementally (local and LSH attention, dense)."""
+        return all(block.f.attention.can_decode for block in self.stack.blocks)
+
+    def _head(self, y1: Array, y2: Array) -> Array:
+        h = self.final_norm(jnp.concatenate([y1, y2], axis=-1))
+        return self.lm_head(h).astype(jnp.float32)
+
+    def prefill(self, ids: Array, max_len: int) -> tuple[Array, list[dict[str, Array]]]:
+        """The prompt ids `[B, P]` through evaluation's forward, keeping each layer's decoding
+        cache of `max_len` positions: (logits `[B, P, V]`, caches). Then `decode`."""
+        if ids.ndim != 2:
+            raise ValueError(f"ids must be [batch, length], got shape {ids.shape}")
+        if max_len > self.position.num_positions:
+            raise ValueError(f"max_len={max_len} exceeds the {self.position.num_positions} "
+                             f"positions of axial_shape={self.position.axial_shape}")
+        x1 = x2 = self.position(self.tokens(ids).astype(jnp.float32), training=False)
+        caches = []
+        for block in self.stack.blocks:
+            attended, cache = block.f.prefill(x2, max_len)
+            y1 = x1 + attended
+            x1, x2 = y1, x2 + block.g(y1)
+            caches.append(cache)
+        return self._head(x1, x2), caches
+
+    def decode(self, ids: Array, caches: list[dict[str, Array]]
+               ) -> tuple[Array, list[dict[str, Array]]]:
+        """One token per row, ids `[B, 1]`, after the cached ones: (logits `[B, 1, V]`, new
+        caches). Local layers equal the full forward; LSH layers follow HF's decoding rule
+        (`attnx.attention.lsh.decode_step`)."""
+        if ids.ndim != 2 or ids.shape[1] != 1:
+            raise ValueError(f"decode takes one token per row, ids [batch, 1], got shape "
+                             f"{ids.shape}; a prompt goes through prefill")
+        index = caches[0]["index"]
+        position = jax.lax.dynamic_slice_in_dim(
+            self.position.encoding(self.position.num_positions), index, 1)
+        x1 = x2 = self.tokens(ids).astype(jnp.float32) + position[None]
+        new_caches = []
+        for block, cache in zip(self.stack.blocks, caches):
+            attended, cache = block.f.decode_step(x2, cache)
+            y1 = x1 + attended
+            x1, x2 = y1, x2 + block.g(y1)
+            new_caches.append(cache)
+        return self._head(x1, x2), new_caches
+
+    def attention_maps(self, ids: Array) -> list[Array]:
+        """Per-layer attention weights `[B, N, T, T]` of evaluation's forward, for images: LSH
+        layers show the keys of each query's sorted chunks, local layers their band."""
+        x1 = x2 = self.position(self.tokens(ids).astype(jnp.float32), training=False)
+        maps = []
+        for block in self.stack.blocks:
+            maps.append(block.f.weights(x2))
+            x1, x2 = block(x1, x2)
+        return maps
+
     def __call__(self, ids: Array, *, rng: Array | None = None) -> Array:
         if ids.ndim != 2:
             raise ValueError(f"ids must be [batch, length], got shape {ids.shape}")
@@ -171,5 +246,4 @@ class ReformerLM(nnx.Module):
         x = self.position(self.tokens(ids).astype(jnp.float32), training=rng is not None)
         x = dropout(x, self.cfg.dropout_rate, r_embed)
         y1, y2 = self.stack(x, x, rng=r_stack)
-        h = self.final_norm(jnp.concatenate([y1, y2], axis=-1))
-        return self.lm_head(h).astype(jnp.float32)
+        return self._head(y1, y2)

@@ -189,6 +189,15 @@ class DecoderLM(nnx.Module):
         """Per-layer attention weights `[B, N, T, T]` for TensorBoard images."""
         return self.decoder.attention_maps(self.embed(ids), causal=True)
 
+    @property
+    def supports_decoding(self) -> bool:
+        """The mechanism has a key/value cache (dense attention)."""
+        return registry.get(self.cfg.attention).supports_cache
+
+    def prefill(self, ids: Array, max_len: int) -> tuple[Array, list[dict[str, Array]]]:
+        """The prompt ids `[B, P]` into empty caches of `max_len` positions: (logits, caches)."""
+        return self.decode(ids, self.init_caches(ids.shape[0], max_len))
+
     def init_caches(self, batch: int, max_len: int | None = None) -> list[dict[str, Array]]:
         """Empty key/value caches for incremental decoding (dense attention only)."""
         max_len = max_len or self.cfg.max_len
