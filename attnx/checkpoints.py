@@ -33,6 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from attnx import optim
+
 FAULT_ENV = "ATTNX_FAULT_INJECT"
 FAULTS = ("kill_in_save", "fail_in_save")
 
@@ -201,10 +203,11 @@ class Manager:
         if fault == "kill_in_save":
             _kill_when_written(self.directory, step)
 
-    def save_best(self, step: int, state: Any, meta: dict[str, Any]) -> None:
-        """Save the params and model state of a new best evaluation."""
+    def save_best(self, step: int, eval_state: Any, meta: dict[str, Any]) -> None:
+        """Save what a new best evaluation read (`attnx.state.eval_state`: params or their EMA,
+        and the model state)."""
         self._wait(self.latest)
-        model = {"params": state["params"], "model_state": state["model_state"]}
+        model = {"params": eval_state["params"], "model_state": eval_state["model_state"]}
         self.best.save(step, args=ocp.args.Composite(
             model=ocp.args.StandardSave(model), meta=ocp.args.JsonSave(meta)))
 
@@ -287,8 +290,9 @@ class Manager:
         if found is None:
             return None
         state = found[0]
-        return ({"params": state["params"], "model_state": state["model_state"]}, "latest",
-                int(state["step"]))
+        ema = optim.ema_params(state["opt_state"])
+        return ({"params": state["params"] if ema is None else ema,
+                 "model_state": state["model_state"]}, "latest", int(state["step"]))
 
     def best_step(self) -> int | None:
         """The step of the best checkpoint (once its writes are complete), or None."""

@@ -84,7 +84,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.optimizer = ml_collections.ConfigDict(dict(
         name="adamw", learning_rate=1e-3, b1=0.9, b2=0.98, eps=1e-9, weight_decay=0.01,
         schedule="cosine", warmup_steps=100,
-        clip_norm=ml_collections.FieldReference(1.0, field_type=float)))
+        clip_norm=ml_collections.FieldReference(1.0, field_type=float),
+        # Evaluate an exponential moving average of the weights with this decay (None: off).
+        ema_decay=ml_collections.FieldReference(None, field_type=float)))
     return c
 
 

@@ -29,7 +29,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from attnx import models, tasks
+from attnx import models, optim, tasks
 from attnx.data import DataInfo
 
 State = dict[str, Any]
@@ -79,8 +79,11 @@ def merge(graphdef: nnx.GraphDef, state: State) -> nnx.Module:
 
 
 def eval_state(state: State) -> State:
-    """What evaluation and sampling read: params and model state."""
-    return {"params": state["params"], "model_state": state["model_state"]}
+    """What evaluation, the best checkpoint and sampling read: params (their EMA when the
+    optimizer keeps one: `optimizer.ema_decay`) and model state."""
+    ema = optim.ema_params(state["opt_state"])
+    return {"params": state["params"] if ema is None else ema,
+            "model_state": state["model_state"]}
 
 
 def _fresh(params: nnx.State, model_state: nnx.State, tx: optax.GradientTransformation) -> State:

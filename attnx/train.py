@@ -371,7 +371,7 @@ class Evaluator:
                     self.writer.text(step, f"samples/{i}", text)
         if self.improves(metrics[config.best_metric]):
             self.best = metrics[config.best_metric]
-            self.manager.save_best(step, state, {"best": self.best,
+            self.manager.save_best(step, eval_state, {"best": self.best,
                                                  "best_metric": config.best_metric})
         return metrics
 

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+import tensorflow_datasets as tfds
 
 from attnx import data, models, optim, tasks, train
 from attnx import state as state_lib
@@ -128,9 +129,15 @@ def test_imagenet_config_is_the_papers_recipe():
     assert config.optimizer.learning_rate == 3e-3 and config.optimizer.weight_decay == 0.05
     assert config.label_smoothing == 0.1 and config.model.mixup_alpha == 0.8
     assert config.model.stochastic_depth == 0.4 and config.model.depths == (2, 6, 14, 2)
-    assert config.data.name == "imagenet2012"
+    assert config.data.name == "imagenet2012" and config.optimizer.ema_decay == 0.9999
+    assert (config.data.randaugment_layers, config.data.randaugment_magnitude) == (2, 15.0)
     with pytest.raises(ValueError, match="variant must be one of"):
         load_config("maxvit_imagenet", "variant=L")
+    # Its data on mock ImageNet (images of random sizes): 224 x 224 batches, augmented to train.
+    with tfds.testing.mock_data(num_examples=3, policy=tfds.testing.MockPolicy.USE_CODE):
+        dataset = data.build(config.data, seed=0)
+        batch = dataset.train_batch(0, global_batch_size=2)
+    assert dataset.info.image_shape == (224, 224, 3) and batch["image"].shape == (2, 224, 224, 3)
 
 
 def test_mixup_is_a_weighted_pair_of_cross_entropies():

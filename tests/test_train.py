@@ -5,7 +5,9 @@ import json
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import orbax.checkpoint as ocp
 import pytest
 from jax.sharding import NamedSharding
@@ -113,6 +115,42 @@ def test_interrupt_keeps_last_complete_checkpoint(data_dir, tmp_path, monkeypatc
     monkeypatch.setattr(train.data, "build", real_build)
     train.train_and_evaluate(config, workdir)
     assert "12" in os.listdir(os.path.join(workdir, "checkpoints"))
+
+
+def test_params_ema_by_hand():
+    """ema_2 = d^2 p0 + d (1 - d) p1 + (1 - d) p2 for parameters p0 -> p1 -> p2 of plain SGD."""
+    tx = optax.chain(optax.sgd(0.1), optim.params_ema(0.9))
+    params = {"w": jnp.array([1.0, -2.0])}
+    state, history = tx.init(params), [params["w"]]
+    for grad in ([1.0, 1.0], [-2.0, 4.0]):
+        updates, state = tx.update({"w": jnp.array(grad)}, state, params)
+        params = optax.apply_updates(params, updates)
+        history.append(params["w"])
+    p0, p1, p2 = history
+    np.testing.assert_allclose(optim.ema_params(state)["w"],
+                               0.81 * p0 + 0.09 * p1 + 0.1 * p2, rtol=1e-6)
+    with pytest.raises(ValueError, match="ema_decay"):
+        optim.params_ema(1.0)
+
+
+def test_evaluation_and_best_checkpoint_read_the_ema(data_dir, tmp_path):
+    workdir = str(tmp_path / "run")
+    config = tiny_lm_config(data_dir, num_train_steps=6, eval_every=6, checkpoint_every=6)
+    config.optimizer.ema_decay = 0.5
+    final = train.train_and_evaluate(config, workdir)
+    with ocp.CheckpointManager(os.path.join(workdir, "checkpoints")) as manager:
+        latest = manager.restore(6, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore()))["state"]
+    with ocp.CheckpointManager(os.path.join(workdir, "best")) as manager:
+        best = manager.restore(6, args=ocp.args.Composite(
+            model=ocp.args.StandardRestore()))["model"]
+    ema = latest["opt_state"][-1]["ema"]  # (chain's state, ParamsEma), restored untyped
+    for got, want in zip(jax.tree.leaves(best["params"]), jax.tree.leaves(ema)):
+        np.testing.assert_array_equal(got, want)
+    assert any(not np.array_equal(w, r) for w, r in zip(jax.tree.leaves(ema),
+                                                         jax.tree.leaves(latest["params"])))
+    metrics = train.evaluate_checkpoint(config, workdir, "validation")
+    assert np.isclose(metrics["loss"], final["loss"], rtol=1e-5)
 
 
 def test_eval_mode_uses_best_checkpoint(data_dir, tmp_path):

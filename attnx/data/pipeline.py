@@ -82,6 +82,11 @@ def default_data_config(**overrides: Any) -> ml_collections.ConfigDict:
     config.seq_len = 256  # LM window / classification length / encoder length
     config.target_len = ml_collections.FieldReference(None, field_type=int)  # seq2seq decoder
     config.num_frames = ml_collections.FieldReference(None, field_type=int)  # video; None: clips'
+    # 'image': crop images of any size to image_size x image_size (None: serve them as they are).
+    config.image_size = ml_collections.FieldReference(None, field_type=int)
+    # 'image' training: RandAugment's number of operations per image (0: off) and magnitude.
+    config.randaugment_layers = 0
+    config.randaugment_magnitude = 10.0
     config.train_split = "train"
     config.eval_split = "validation"
     config.test_split = "test"
@@ -142,7 +147,10 @@ class Dataset:
         """This process's rows of global train batch number `position` (>= 0)."""
         indices = self.train_indices(position, global_batch_size=global_batch_size,
                                      process_index=process_index, process_count=process_count)
-        return self._split(self._train_split, True).rows(indices)
+        examples = self._split(self._train_split, True)
+        if hasattr(examples, "rows_at"):  # random rows (augmentation): keyed by the position
+            return examples.rows_at(indices, [self._seed, position])
+        return examples.rows(indices)
 
     def train_indices(
         self,

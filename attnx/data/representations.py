@@ -13,7 +13,9 @@ checks the config fits the dataset and reads its feature keys from the config (`
   [b, T], 'label': int32 [b], 'weights': float32 [b]}`, truncated or padded to T with id 0; text
   is its bytes + 1, an image `[H, W, C]` its grayscale intensities + 1 in raster order (vocab 257).
 - `images`, 'image_classification': `{'image': float32 [b, H, W, C] in [0, 1], 'label',
-  'weights'}`; uint8 pixels are divided by 255, float ones kept.
+  'weights'}`; uint8 pixels are divided by 255, float ones kept. With `data.image_size` = S,
+  images of any size are cut to `[S, S, C]` (random resized crop + flip to train, central crop
+  to evaluate: `image_ops`); `data.randaugment_layers` > 0 adds RandAugment to train images.
 - `clips`, 'video_classification': `{'video': float32 [b, T, H, W, C] in [0, 1], 'frame_mask':
   bool [b, T], 'label', 'weights'}` with T = `data.num_frames` (None: the clips' fixed length);
   longer clips keep their first T frames, shorter ones are padded with zero frames, masked False.
@@ -28,6 +30,7 @@ import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
+from attnx.data import image_ops
 from attnx.data.spec import Batch, DataInfo, Feature, Representation, RowSource, Served
 
 # ITU-R BT.601 luma weights (as tf.image.rgb_to_grayscale) in units of 1e-4, for exact rounding.
@@ -179,26 +182,55 @@ class Seq2Seq:
 
 
 class Images:
-    """Records with a label and an image `[H, W, C]` (`shape`), as floats in [0, 1]."""
+    """Records with a label and an image `[H, W, C]` (`shape`), as floats in [0, 1].
+
+    With `crop` ('train' or 'eval') the records' images may have any size and are cut to
+    `shape` by `image_ops.train_crop` or `image_ops.eval_crop`; without, they must already have
+    `shape`. `randaugment` = (layers, magnitude) applies `image_ops.randaugment` after the crop
+    (train sources only). The random steps draw from (seed, batch position, example): `rows_at`.
+    """
 
     def __init__(
-        self, source: Any, image_key: str, label_key: str, shape: tuple[int, int, int]
+        self, source: Any, image_key: str, label_key: str, shape: tuple[int, int, int],
+        crop: str | None = None, randaugment: tuple[int, float] | None = None,
     ) -> None:
         self._source = source
         self._image_key = image_key
         self._label_key = label_key
         self._shape = shape
+        self._crop = crop
+        self._randaugment = randaugment
+        self._random = crop == "train" or randaugment is not None
 
     def __len__(self) -> int:
         return len(self._source)
 
+    def _image(self, pixels: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
+        if not self._random or rng is None:
+            if self._crop is not None:
+                pixels = image_ops.eval_crop(np.asarray(pixels), self._shape[0])
+            return unit_interval(pixels)
+        pixels = np.asarray(pixels)
+        if self._crop == "train":
+            pixels = image_ops.train_crop(pixels, self._shape[0], rng)
+        if self._randaugment is not None:
+            pixels = image_ops.randaugment(pixels, *self._randaugment, rng)
+        return unit_interval(pixels)
+
     def rows(self, indices: np.ndarray) -> Batch:
+        return self.rows_at(indices, None)
+
+    def rows_at(self, indices: np.ndarray, seed: list[int] | None) -> Batch:
+        """`rows`, with random train crops drawn from `np.random.default_rng(seed + [index])`
+        (`seed`: the dataset's seed and the batch position; None: evaluation crops)."""
         images = np.zeros((len(indices), *self._shape), np.float32)
         labels = np.zeros(len(indices), np.int32)
         for row, index in enumerate(indices):
             if index >= 0:
                 record = self._source[int(index)]
-                images[row] = unit_interval(record[self._image_key])
+                rng = (np.random.default_rng([*seed, int(index)])
+                       if seed is not None and self._random else None)
+                images[row] = self._image(record[self._image_key], rng)
                 labels[row] = int(record[self._label_key])
         return {"image": images, "label": labels, "weights": (indices >= 0).astype(np.float32)}
 
@@ -323,12 +355,12 @@ def _pixels(
 
 
 def _static(shape: tuple[int | None, ...], what: str, builder: tfds.core.DatasetBuilder,
-            config: ml_collections.ConfigDict) -> None:
+            config: ml_collections.ConfigDict, remedy: str = "") -> None:
     """ValueError unless every dim of `shape` is known."""
     if None in shape:
         raise ValueError(
             f"data.image_key={config.image_key!r} of {builder.name} has {what} of shape {shape}; "
-            "the pipeline serves them only with a fixed size"
+            f"the pipeline serves them only with a fixed size{remedy}"
         )
 
 
@@ -400,16 +432,41 @@ def image_tokens(builder: tfds.core.DatasetBuilder, config: ml_collections.Confi
 
 
 def images(builder: tfds.core.DatasetBuilder, config: ml_collections.ConfigDict) -> Served:
-    """'image_classification' of `data.image_key` images `[H, W, C]` of a fixed size."""
+    """'image_classification' of `data.image_key` images `[H, W, C]`: as they are (a fixed
+    size), or with `data.image_size` = S cut to `[S, S, C]` whatever their size (training:
+    Inception's random resized crop and a flip; evaluation: the central crop after resizing the
+    shorter side to S / 0.875; see `image_ops`)."""
     shape = _pixels(builder, config, 3, "image")
-    _static(shape, "images", builder, config)
+    size = config.get("image_size")
+    layers, magnitude = config.get("randaugment_layers", 0), config.get("randaugment_magnitude")
+    uint8 = np.dtype(require_feature(builder, "image_key", config.image_key).np_dtype) == np.uint8
+    if layers < 0 or (layers and (magnitude is None or magnitude < 0)):
+        raise ValueError(f"data.randaugment_layers must be >= 0 (got {layers}) and "
+                         f"data.randaugment_magnitude >= 0 (got {magnitude})")
+    if layers and (shape[-1] not in (1, 3) or not uint8):
+        raise ValueError(f"data.randaugment_layers={layers} augments uint8 images with 1 or 3 "
+                         f"channels; data.image_key={config.image_key!r} of {builder.name} has "
+                         f"shape {shape}")
+    if size is None:
+        _static(shape, "images", builder, config,
+                ": set data.image_size to crop them to one (e.g. 224)")
+    else:
+        if size < 1:
+            raise ValueError(f"data.image_size must be >= 1 or None, got {size}")
+        if shape[-1] not in (1, 3) or not uint8:
+            raise ValueError(f"data.image_size={size} crops uint8 images with 1 or 3 channels; "
+                             f"data.image_key={config.image_key!r} of {builder.name} has shape "
+                             f"{shape}")
+        shape = (size, size, shape[-1])
     info = DataInfo(
         kind="image_classification", features=image_features(shape),
         num_classes=num_classes(builder, config),
     )
 
     def open_split(source: Any, split: str, train: bool) -> RowSource:
-        return Images(source, config.image_key, config.label_key, shape)
+        crop = None if size is None else ("train" if train else "eval")
+        augment = (layers, magnitude) if layers and train else None
+        return Images(source, config.image_key, config.label_key, shape, crop, augment)
 
     return Served(info, open_split)
 

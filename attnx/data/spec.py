@@ -131,6 +131,10 @@ class RowSource(Protocol):
         """The batch rows of examples `indices` `[b]`; index -1 gives a weight-0 padding row."""
         ...
 
+    # A train source whose rows are random (augmentation) also defines
+    # `rows_at(indices, seed: list[int]) -> Batch`; the dataset calls it with [its seed, the
+    # batch position], so the randomness replays exactly on resume and on every process.
+
 
 @dataclasses.dataclass(frozen=True)
 class Served:
