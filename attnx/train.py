@@ -315,11 +315,13 @@ def evaluate(config, task: tasks.Task, dataset, eval_step, eval_state, batch_sha
 
 
 class Progress:
-    """Progress lines and train scalars: step time and tokens/s over the steps since the last."""
+    """Progress lines and train scalars: step time and tokens/s (examples/s for data without a
+    sequence length: images, clips) over the steps since the last."""
 
-    def __init__(self, config, writer: SummaryWriter):
+    def __init__(self, config, info: data.DataInfo, writer: SummaryWriter):
         self.total = config.num_train_steps
-        self.tokens_per_step = config.batch_size * config.data.seq_len
+        self.unit = "tokens" if info.seq_len is not None else "examples"
+        self.per_step = config.batch_size * (info.seq_len or 1)
         self.writer = writer
         self.restart()
 
@@ -330,11 +332,12 @@ class Progress:
     def report(self, done: int, metrics: dict[str, Any]) -> None:
         metrics = jax.device_get(metrics)
         step_time = (time.perf_counter() - self.start) / max(self.steps, 1)
-        metrics.update(step_time=step_time, tokens_per_second=self.tokens_per_step / step_time)
+        rate = self.per_step / step_time
+        metrics.update({"step_time": step_time, f"{self.unit}_per_second": rate})
         self.writer.scalars(done, metrics, prefix="train/")
         eta = int(step_time * (self.total - done))
         _log(f"step {done}/{self.total} | loss {metrics['loss']:.4f} | "
-             f"{metrics['tokens_per_second']:,.0f} tokens/s | {step_time:.3f} s/step | "
+             f"{rate:,.0f} {self.unit}/s | {step_time:.3f} s/step | "
              f"ETA {eta // 3600}:{eta // 60 % 60:02d}:{eta % 60:02d}")
         self.restart()
 
@@ -592,7 +595,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
             return final_metrics
         evaluator = Evaluator(config, task, dataset, eval_step, graphdef, batch_sharding, writer,
                               manager, best)
-        progress, profile = Progress(config, writer), Profile(workdir, start_step,
+        progress, profile = Progress(config, dataset.info, writer), Profile(workdir, start_step,
                                                               config.profile_steps)
         guard, train_batch = NonfiniteGuard(config.on_nonfinite, state), TrainBatches(
             config, dataset, batch_sharding, start_step)

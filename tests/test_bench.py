@@ -218,6 +218,27 @@ def test_command_line(tmp_path):
     assert (out / "bench.png").stat().st_size > 0
 
 
+def test_model_level_mode_on_synthetic_images_needs_no_data(tmp_path):
+    """MaxViT on ImageNet's shapes (mock metadata), nothing prepared: examples/s and XLA's
+    FLOP count."""
+    import tensorflow_datasets as tfds
+
+    from helpers import load_config
+
+    config = load_config("maxvit_imagenet", "variant=T")
+    config.data.update(image_size=32, data_dir=str(tmp_path / "tfds"))
+    config.model.update(stem_width=8, channels=(16,), depths=(1,), window=2, grid=2, head_dim=8)
+    config.batch_size = 4
+    with tfds.testing.mock_data(num_examples=1, policy=tfds.testing.MockPolicy.USE_CODE):
+        record = bench_model.measure_config(config, steps=1, warmup=1, synthetic=True)
+    assert not (tmp_path / "tfds").exists()
+    assert (record["unit"], record["flops_source"], record["synthetic"]) == (
+        "examples", "XLA cost analysis", True)
+    assert record["examples_per_s"] == pytest.approx(4 / record["step_s"])
+    assert record["model_tflops_per_step"] > 0
+    assert "random batches" in bench_model.format_record(record)
+
+
 def test_model_level_mode_reports_throughput_and_mfu(tmp_path):
     import json as json_lib
 

@@ -273,3 +273,19 @@ def test_greedy_generation_with_cache_equals_window_recompute():
     windowed = decoding.generate_lm(lm, prompt, 6, window=32, temperature=0.0, use_cache=False)
     np.testing.assert_array_equal(cached, windowed)
     assert cached.shape == (2, 9)
+
+
+def test_progress_counts_examples_for_images(capsys):
+    class Writer:
+        def scalars(self, step, metrics, prefix):
+            self.logged = {prefix + k for k in metrics}
+
+    info = data.DataInfo(kind="image_classification", num_classes=2,
+                         features=data.representations.image_features((4, 4, 1)))
+    config = load_config("maxvit_pathfinder", "smoke")
+    writer = Writer()
+    progress = train.Progress(config, info, writer)
+    progress.steps = 2
+    progress.report(2, {"loss": np.float32(0.5)})
+    assert " examples/s | " in capsys.readouterr().out
+    assert "train/examples_per_second" in writer.logged

@@ -31,6 +31,9 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Model-level mode: training throughput and MFU of this config "
     "(configs/x.py[:arg]); --config.a.b=v overrides apply.", lock_config=False)
 _STEPS = flags.DEFINE_integer("steps", 10, "Model-level mode: timed train steps (after 2 warm-up).")
+_SYNTHETIC = flags.DEFINE_boolean(
+    "synthetic", False, "Model-level mode: random batches of the shapes the config's dataset "
+    "serves, from its metadata (no data needed: e.g. ImageNet).")
 
 
 def _parse_lengths(values: Sequence[str]) -> list[int]:
@@ -47,7 +50,8 @@ def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     if _CONFIG.value is not None:
-        run_model(_CONFIG.value, steps=_STEPS.value, out=_OUT.value, peers=_PEERS.value)
+        run_model(_CONFIG.value, steps=_STEPS.value, out=_OUT.value, peers=_PEERS.value,
+                  synthetic=_SYNTHETIC.value)
         return
     names = _MECHANISMS.value or registry.names(layout="sequence")
     mechanisms = [registry.get(name) for name in names]

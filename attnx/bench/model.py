@@ -2,13 +2,18 @@
 
     python -m attnx.bench --config=configs/transformer_lm.py[:arg] [--steps=20]
     python -m attnx.bench --config=configs/reformer_lm.py --peers   # + HF ReformerModelWithLMHead
+    python -m attnx.bench --config=configs/maxvit_imagenet.py --synthetic --config.batch_size=8
 
 Measures the median step time of the jitted, donated train step on real batches of the config's
-dataset (after a warm-up, compile time reported separately), tokens/s, and the fraction of the
-machine's matmul throughput it reaches (model FLOPs utilisation). The peak is measured in the same
-run with a large float32 matmul; the model's FLOPs are counted analytically (XLA's cost analysis
-counts a scan body once), as 3x the forward matmul FLOPs: 2 per parameter of every dense layer per
-token, plus the attention scores and weighted sums over the keys each query actually sees.
+dataset (after a warm-up, compile time reported separately), tokens/s (examples/s for images and
+clips), and the fraction of the machine's matmul throughput it reaches (model FLOPs utilisation).
+`--synthetic` times random batches of the shapes the dataset would serve (`data.describe`: its
+metadata, no data needed), for datasets not prepared here such as ImageNet. The peak is measured in
+the same run with a large float32 matmul. The FLOPs of sequence models (attention layers over
+tokens) are counted analytically (XLA's cost analysis counts a scan body once), as 3x the forward
+matmul FLOPs: 2 per parameter of every dense layer per token, plus the attention scores and
+weighted sums over the keys each query actually sees; those of image and video models (no scan)
+are XLA's cost analysis of the compiled step.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from absl import app
 
 from attnx import data, optim, train
@@ -59,6 +65,30 @@ def train_flops_per_token(params, model_config, length: int, causal: bool) -> fl
     return 3 * (2 * dense_params + attention)
 
 
+def synthetic_batch(info: data.DataInfo, batch_size: int, seed: int) -> dict[str, np.ndarray]:
+    """Random rows of every feature of `info`: floats in [0, 1), masks True, labels below
+    `num_classes`, other ints below `vocab_size`, weights 1."""
+    rng = np.random.default_rng(seed)
+    batch = {}
+    for name, feature in info.features.items():
+        shape = (batch_size, *feature.shape)
+        if name == "weights":
+            batch[name] = np.ones(shape, np.float32)
+        elif feature.dtype == "bool":
+            batch[name] = np.ones(shape, bool)
+        elif np.issubdtype(np.dtype(feature.dtype), np.integer):
+            high = info.num_classes if name == "label" else info.vocab_size
+            batch[name] = rng.integers(0, high or 2, shape).astype(feature.dtype)
+        else:
+            batch[name] = rng.random(shape).astype(feature.dtype)
+    return batch
+
+
+def _sequence_model(model_config) -> bool:
+    """Whether the model attends over token sequences (the analytic FLOP count applies)."""
+    return model_config.get("attn_layers") is not None or model_config.get("num_layers") is not None
+
+
 @dataclasses.dataclass
 class TrainSetup:
     """What timing a config's training needs: its compiled step, state and batches."""
@@ -68,18 +98,22 @@ class TrainSetup:
     state: Any
     params: Any
     batches: list[Any]
-    seq_len: int
+    seq_len: int | None  # None for images and clips
     causal: bool  # whether the model's attention is causal (for the FLOP count)
+    cost_flops: float  # XLA's cost analysis of the compiled step (scan bodies counted once)
 
 
-def _train_setup(config, steps: int) -> TrainSetup:
-    """The state, `steps` sharded batches and compiled train step of `config` (no checkpoints).
+def _train_setup(config, steps: int, synthetic: bool = False) -> TrainSetup:
+    """The state, `steps` sharded batches and compiled train step of `config` (no checkpoints);
+    random batches of the dataset's shapes with `synthetic`.
 
     Every call into `attnx.train` and the model registry's tasks is here, in one place.
     """
     train.validate(config)
-    dataset = data.build(config.data, seed=config.seed)
-    info = dataset.info
+    info = data.describe(config.data) if synthetic else None
+    dataset = None if synthetic else data.build(config.data, seed=config.seed)
+    info = info or dataset.info
+    train.validate(config, info)
     task = state_lib.check_data(config, info)
     mesh = train.data_mesh()
     batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
@@ -89,19 +123,27 @@ def _train_setup(config, steps: int) -> TrainSetup:
     step_fn = jax.jit(train.make_train_step(graphdef, task, tx, schedule,
                                             grad_accum_steps=config.grad_accum_steps),
                       donate_argnums=(0,))
-    batches = [jax.device_put(dataset.train_batch(i, global_batch_size=config.batch_size),
-                              batch_sharding) for i in range(steps)]
+    def rows(i: int) -> dict[str, np.ndarray]:
+        if synthetic:
+            return synthetic_batch(info, config.batch_size, seed=i)
+        return dataset.train_batch(i, global_batch_size=config.batch_size)
+
+    batches = [jax.device_put(rows(i), batch_sharding) for i in range(steps)]
     key = jax.random.key(config.seed)
     start = time.perf_counter()
     compiled = step_fn.lower(state, batches[0], key).compile()
     compile_s = time.perf_counter() - start
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost  # a list on older JAX
     return TrainSetup(compiled, compile_s, state, params, batches, info.seq_len,
-                      causal=task.causal)
+                      causal=task.causal, cost_flops=float((cost or {}).get("flops", 0.0)))
 
 
-def measure_config(config, *, steps: int = 10, warmup: int = 2) -> dict[str, Any]:
-    """Train `steps` steps of `config` (no checkpoints, no eval) and report throughput and MFU."""
-    setup = _train_setup(config, steps + warmup)
+def measure_config(config, *, steps: int = 10, warmup: int = 2,
+                   synthetic: bool = False) -> dict[str, Any]:
+    """Train `steps` steps of `config` (no checkpoints, no eval) and report throughput and MFU;
+    on random batches of the dataset's shapes with `synthetic`."""
+    setup = _train_setup(config, steps + warmup, synthetic)
     key = jax.random.key(config.seed)
     state, times = setup.state, []
     for i, batch in enumerate(setup.batches):
@@ -111,13 +153,20 @@ def measure_config(config, *, steps: int = 10, warmup: int = 2) -> dict[str, Any
         if i >= warmup:
             times.append(time.perf_counter() - start)
     step_s = statistics.median(times)
-    tokens = config.batch_size * setup.seq_len
-    flops = train_flops_per_token(setup.params, config.model, setup.seq_len, setup.causal) * tokens
+    if setup.seq_len is not None and _sequence_model(config.model):
+        unit, count = "tokens", config.batch_size * setup.seq_len
+        flops = train_flops_per_token(setup.params, config.model, setup.seq_len,
+                                      setup.causal) * count
+        flops_source = "analytic"
+    else:
+        unit, count = "examples", config.batch_size
+        flops, flops_source = float(setup.cost_flops), "XLA cost analysis"
     peak = matmul_peak_flops()
     return {
         "model": config.model.name, "seq_len": setup.seq_len, "batch_size": config.batch_size,
+        "synthetic": synthetic, "unit": unit, "flops_source": flops_source,
         "compile_s": setup.compile_s, "step_s": step_s, "steps_per_s": 1 / step_s,
-        "tokens_per_s": tokens / step_s, "model_tflops_per_step": flops / 1e12,
+        f"{unit}_per_s": count / step_s, "model_tflops_per_step": flops / 1e12,
         "peak_matmul_gflops": peak / 1e9, "mfu": flops / step_s / peak,
         "final_loss": float(metrics["loss"]), "devices": jax.device_count(),
         "parameters": sum(leaf.size for leaf in jax.tree.leaves(setup.params)),
@@ -180,12 +229,16 @@ def measure_reformer_peer(config, *, steps: int = 10, warmup: int = 2) -> dict[s
 def format_record(record: dict[str, Any]) -> str:
     """A Markdown table of one model-level record."""
     rows = [
-        ("model", record["model"]), ("sequence length", record["seq_len"]),
+        ("model", record["model"]),
+        ("input", "random batches of the dataset's shapes" if record.get("synthetic")
+         else "the dataset's train batches"),
+        ("sequence length", record["seq_len"] if record["seq_len"] is not None else "-"),
         ("global batch", record["batch_size"]), ("devices", record["devices"]),
         ("compile", f"{record['compile_s']:.1f} s"),
         ("step time (median)", f"{record['step_s'] * 1e3:.1f} ms"),
         ("steps/s", f"{record['steps_per_s']:.2f}"),
-        ("tokens/s", f"{record['tokens_per_s']:,.0f}"),
+        (f"{record['unit']}/s", f"{record[record['unit'] + '_per_s']:,.0f}"),
+        ("model FLOPs counted by", record["flops_source"]),
         ("model FLOPs per step", f"{record['model_tflops_per_step'] * 1e3:.1f} GFLOP"),
         ("matmul peak (same run)", f"{record['peak_matmul_gflops']:.1f} GFLOP/s"),
         ("fraction of peak (MFU)", f"{record['mfu']:.1%}"),
@@ -203,7 +256,8 @@ def format_record(record: dict[str, Any]) -> str:
                      [f"| {k} | {v} |" for k, v in rows])
 
 
-def run_model(config, *, steps: int, out: str | None, peers: bool = False) -> dict[str, Any]:
+def run_model(config, *, steps: int, out: str | None, peers: bool = False,
+              synthetic: bool = False) -> dict[str, Any]:
     """Model-level mode: measure one config's training throughput; print and optionally save.
 
     With `peers` (reformer_lm configs), HF's ReformerModelWithLMHead of the same sizes is timed
@@ -217,7 +271,7 @@ def run_model(config, *, steps: int, out: str | None, peers: bool = False) -> di
             raise app.UsageError(f"--peers with --config compares reformer_lm configs with HF "
                                  f"transformers; config.model.name is {config.model.name!r}")
     progress(f"model-level benchmark of {config.model.name}: compiling and timing {steps} steps")
-    record = measure_config(config, steps=steps)
+    record = measure_config(config, steps=steps, synthetic=synthetic)
     if peers:
         progress(f"timing {steps} steps of HF ReformerModelWithLMHead with the same sizes")
         record["peer"] = measure_reformer_peer(config, steps=steps)

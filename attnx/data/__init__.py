@@ -17,7 +17,7 @@ from attnx.data import (
     spec,
     textfile,
 )
-from attnx.data.pipeline import Dataset, build, default_data_config
+from attnx.data.pipeline import Dataset, build, default_data_config, describe
 from attnx.data.spec import DataInfo, DatasetSpec, Feature, Served
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "Served",
     "build",
     "default_data_config",
+    "describe",
     "duplication",
     "generic",
     "listops",

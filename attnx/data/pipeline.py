@@ -275,6 +275,15 @@ def _representation(spec: DatasetSpec, config: ml_collections.ConfigDict) -> Rep
     return spec.representations[name]
 
 
+def describe(data_config: ml_collections.ConfigDict) -> DataInfo:
+    """The `DataInfo` that `build(data_config)` serves, from the builder's metadata alone: for
+    datasets that are not (or cannot be) prepared here, e.g. ImageNet in a synthetic benchmark.
+    Representations that need the examples themselves to describe them (the token ones) say so
+    with the builder's own error."""
+    spec = registry.get(data_config.name)
+    return _representation(spec, data_config)(spec.builder(data_config), data_config).info
+
+
 def build(data_config: ml_collections.ConfigDict, *, seed: int) -> Dataset:
     """The dataset `data_config` names (see `default_data_config`), prepared on first use.
 
