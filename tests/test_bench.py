@@ -112,6 +112,21 @@ def test_relative_columns_are_ratios_to_dense_of_the_same_run(run):
     assert dense["fwd_bwd"]["speedup_vs_dense"] == 1.0
 
 
+def test_matmul_bound_limit_by_hand(run):
+    """dense: 3 x 4 x B x N x T x T x H FLOPs forward + backward (B = 1), at the matmul peak."""
+    _, out = run
+    markdown = (out / "bench.md").read_text()
+    records = json.loads((out / "bench.json").read_text())["records"]
+    dense = next(r for r in records if r["mechanism"] == "dense")
+    peak = dense["matmul_peak_flops"]
+    flops = 3 * 4 * 1 * SHAPE["heads"] * LENGTH * LENGTH * SHAPE["head_dim"]
+    timing = dense["timings"]["fwd_bwd"]
+    assert timing["vs_limit"] == pytest.approx(timing["time_s"] * peak / flops, rel=1e-9)
+    assert timing["vs_limit"] > 1.0  # nothing beats the matmul peak
+    cell = _row(markdown, "Forward + backward: time / matmul-bound limit", "dense")[0]
+    assert cell == f"{timing['vs_limit']:.1f}x"
+
+
 def _synthetic(name: str, length: int, fwd_s: float, temp: int, source: str = "attnx"):
     record = measure.Record(name, source, length, 1, 1, 8, "float32", {})
     record.timings = {mode: measure.Timing("ok", time_s=fwd_s * (1 + i), temp_bytes=temp)

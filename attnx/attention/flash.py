@@ -530,6 +530,10 @@ def _segment_pair(
     return jnp.asarray(q_ids, jnp.int32), jnp.asarray(kv_ids, jnp.int32)
 
 
+# Block size (queries and keys) when the caller gives none, per implementation.
+DEFAULT_BLOCK = {"pallas": 128, "xla": 512}
+
+
 def _check_block(name: str, block: int, pallas: bool) -> None:
     _common.check_int(name, block)
     if pallas and (block < _MIN_PALLAS_BLOCK or block & (block - 1)):
@@ -546,8 +550,8 @@ def flash_attention(
     segment_ids: Array | tuple[Array, Array] | None = None,
     causal: bool = False,
     scale: float | None = None,
-    block_q: int = 128,
-    block_k: int = 128,
+    block_q: int | None = None,
+    block_k: int | None = None,
     implementation: Implementation = "auto",
     interpret: bool | None = None,
     dropout_rate: float = 0.0,
@@ -564,7 +568,9 @@ def flash_attention(
       scale: positive logit scale, default `1/sqrt(H)`.
       block_q, block_k: query and key block sizes of both implementations (clamped to the
         sequence; lengths that are not multiples are padded and masked internally). The Pallas
-        kernel needs powers of two >= 16.
+        kernel needs powers of two >= 16. None: `DEFAULT_BLOCK` of the implementation, 128 for
+        the Pallas kernel (GPU), 512 for the XLA path (CPU, where larger blocks amortise the
+        per-block loop and transposes: experiments/flash/README.md).
       implementation: 'pallas', 'xla', or 'auto' (Pallas on GPU, XLA elsewhere).
       interpret: run the Pallas kernel in interpret mode; None = exactly when the default backend
         is CPU.
@@ -589,6 +595,8 @@ def flash_attention(
     if implementation == "auto":
         implementation = "pallas" if jax.default_backend() == "gpu" else "xla"
     pallas = implementation == "pallas"
+    block_q = DEFAULT_BLOCK[implementation] if block_q is None else block_q
+    block_k = DEFAULT_BLOCK[implementation] if block_k is None else block_k
     _check_block("block_q", block_q, pallas)
     _check_block("block_k", block_k, pallas)
     if pallas:

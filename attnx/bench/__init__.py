@@ -86,6 +86,17 @@ def run_mechanisms(
                                       **shape)
                 records.append(record)
                 progress(_progress_line(record))
+    progress("timing a 2048 x 2048 float32 matmul: the peak the matmul-bound limits use")
+    peak = measure.matmul_peak_flops()
+    by_name = {m.name: m for m in mechanisms}
+    for record in records:
+        if record.source != "attnx" or record.status != "measured":
+            continue
+        record.matmul_peak_flops = peak
+        for mode, timing in record.timings.items():
+            if timing.time_s is not None:
+                limit_s = measure.attention_flops(by_name[record.mechanism], record, mode) / peak
+                timing.vs_limit = timing.time_s / limit_s
     return add_relative(records), peers_note
 
 

@@ -17,6 +17,7 @@ import time
 from typing import Any, Callable, Sequence
 
 import jax
+import jax.numpy as jnp
 import psutil
 
 from attnx.attention import registry
@@ -28,6 +29,27 @@ BASELINE = "dense"
 # Fraction of the free memory a compiled executable may plan to use before it is skipped; the rest
 # is headroom for the allocator, the inputs and other processes on a shared machine.
 MEMORY_FRACTION = 0.8
+
+
+def attention_flops(mechanism: registry.Mechanism, record: "Record", mode: str) -> float:
+    """FLOPs of one call: scores and weighted sum over the keys each query sees, 4 * keys * H
+    per query and head forward; forward + backward 3x that."""
+    keys = mechanism.attention_keys(record.options, record.length, False)
+    forward = 4.0 * record.batch * record.heads * record.length * keys * record.head_dim
+    return forward * (3.0 if mode == "fwd_bwd" else 1.0)
+
+
+def matmul_peak_flops(size: int = 2048, repeats: int = 5) -> float:
+    """FLOP/s of a jitted `[size, size] @ [size, size]` float32 matmul (median of `repeats`)."""
+    a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
+    matmul = jax.jit(lambda x: x @ x)
+    matmul(a).block_until_ready()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        matmul(a).block_until_ready()
+        times.append(time.perf_counter() - start)
+    return 2 * size**3 / statistics.median(times)
 
 
 @dataclasses.dataclass
@@ -45,6 +67,9 @@ class Timing:
       speedup_vs_dense: dense `time_s` / this `time_s` at the same length in the same run.
       memory_vs_dense: this `temp_bytes` / dense `temp_bytes` at the same length in the same run.
       vs_peer: this `time_s` / the peer's `time_s` (below 1: ours is faster).
+      vs_limit: this `time_s` / the matmul-bound limit: the attention's FLOPs (the keys each
+        query sees, from the registry; forward + backward counted as 3x the forward) at the
+        matmul peak measured in the same run (1 would be physics; ours only).
     """
 
     status: str
@@ -57,6 +82,7 @@ class Timing:
     speedup_vs_dense: float | None = None
     memory_vs_dense: float | None = None
     vs_peer: float | None = None
+    vs_limit: float | None = None
 
     @property
     def steps_per_s(self) -> float | None:
@@ -73,6 +99,8 @@ class Record:
       status: "measured" or "unavailable" (its module failed to import; `message` says why).
       peer: for our mechanisms, the peer compared with under `--peers` (None if none ran).
       timings: "fwd" and "fwd_bwd" -> `Timing` (empty when unavailable).
+      matmul_peak_flops: FLOP/s of a large float32 matmul measured in the same run, which the
+        timings' `vs_limit` is against (ours only; None before it is measured).
     """
 
     mechanism: str
@@ -87,6 +115,7 @@ class Record:
     message: str = ""
     peer: str | None = None
     timings: dict[str, Timing] = dataclasses.field(default_factory=dict)
+    matmul_peak_flops: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)

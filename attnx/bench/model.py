@@ -26,28 +26,14 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import app
 
 from attnx import data, optim, train
 from attnx import state as state_lib
 from attnx.attention import registry
-from attnx.bench.measure import progress
+from attnx.bench.measure import matmul_peak_flops, progress
 from attnx.bench.peers import peers_unavailable_reason
-
-
-def matmul_peak_flops(size: int = 2048, repeats: int = 5) -> float:
-    """FLOP/s of a jitted `[size, size] @ [size, size]` float32 matmul (median of `repeats`)."""
-    a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
-    matmul = jax.jit(lambda x: x @ x)
-    matmul(a).block_until_ready()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        matmul(a).block_until_ready()
-        times.append(time.perf_counter() - start)
-    return 2 * size**3 / statistics.median(times)
 
 
 def train_flops_per_token(params, model_config, length: int, causal: bool) -> float:

@@ -62,6 +62,14 @@ def _speed_cell(record: Record, mode: str) -> str:
     return f"{fmt(timing.steps_per_s)}{ratio}"
 
 
+def _limit_cell(record: Record, mode: str = "fwd_bwd") -> str:
+    bad = _status_cell(record, mode)
+    if bad:
+        return bad
+    ratio = record.timings[mode].vs_limit
+    return "n/a" if ratio is None else f"{ratio:.1f}x"
+
+
 def _memory_cell(record: Record, mode: str) -> str:
     if record.status == "unavailable":
         return "unavailable"
@@ -140,6 +148,13 @@ def to_markdown(records: list[Record], *, repeats: int, environment: dict[str, A
     for mode in ("fwd_bwd", "fwd"):
         lines += ["", f"### {MODE_TITLES[mode].capitalize()}: steps/s (speed-up vs dense)", ""]
         lines += _table(header, rows(lambda r, mode=mode: _speed_cell(r, mode)))
+    peak = first.matmul_peak_flops
+    if peak:
+        lines += ["", "### Forward + backward: time / matmul-bound limit", "",
+                  f"The limit is the attention's FLOPs (scores and weighted sums over the keys "
+                  f"each query sees; backward 2x forward) at this run's float32 matmul peak, "
+                  f"{peak / 1e9:.1f} GFLOP/s: 1x would be physics.", ""]
+        lines += _table(header, rows(_limit_cell))
     for mode in ("fwd_bwd", "fwd"):
         lines += ["", f"### Temporary memory, {MODE_TITLES[mode]}: MiB (relative to dense)", ""]
         lines += _table(header, rows(lambda r, mode=mode: _memory_cell(r, mode)))
