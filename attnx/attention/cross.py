@@ -63,11 +63,12 @@ def check_inputs(q: Array, k: Array, v: Array, q_mask: Array | None, kv_mask: Ar
         raise ValueError(f"q (the query modality) {q.shape} and k (the key/value modality) "
                          f"{k.shape} must agree in batch, heads and head_dim")
     b, tq, tk = q.shape[0], q.shape[1], k.shape[1]
-    for name, mask, side, want in (("q_mask", q_mask, "query", (b, tq)),
-                                   ("kv_mask", kv_mask, "key/value", (b, tk)),
-                                   ("pair_mask", pair_mask, "query x key/value", (b, tq, tk))):
+    for name, mask, side, want in (("q_mask", q_mask, "the query modality", (b, tq)),
+                                   ("kv_mask", kv_mask, "the key/value modality", (b, tk)),
+                                   ("pair_mask", pair_mask, "query and key/value pairs",
+                                    (b, tq, tk))):
         if mask is not None and tuple(jnp.shape(mask)) != want:
-            raise ValueError(f"{name} (the {side} modality) must be {want}, got shape "
+            raise ValueError(f"{name} ({side}) must be {want}, got shape "
                              f"{tuple(jnp.shape(mask))}")
 
 
