@@ -140,6 +140,13 @@ def _image_classification_forward(model, batch, rng):
     return jnp.concatenate([logits, logits]), labels, weights
 
 
+def _image_text_forward(model, batch, rng):
+    """image `[B, H, W, C]` float, question and question_mask `[B, T]` -> logits `[B, classes]`
+    at label `[B]`."""
+    logits = model(batch["image"], batch["question"], batch["question_mask"], rng=rng)
+    return logits, batch["label"], batch["weights"]
+
+
 def _seq2seq_forward(model, batch, rng):
     """inputs `[B, S]`, decoder_inputs `[B, Tt]` -> logits `[B, Tt, V]` at targets `[B, Tt]`."""
     logits = model(batch["inputs"], batch["inputs_mask"], batch["decoder_inputs"], rng=rng)
@@ -228,6 +235,8 @@ _TASKS: dict[str, Task] = {
         Task("mlm", "lm", ("targets", "weights"), _mlm_forward, extra_vocab=1),
         Task("image_classification", "image_classification", ("image", "label", "weights"),
              _image_classification_forward),
+        Task("image_text_classification", "image_text_classification",
+             ("image", "question", "question_mask", "label", "weights"), _image_text_forward),
     ]
 }
 

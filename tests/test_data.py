@@ -669,7 +669,7 @@ def test_data_imports_neither_models_nor_tensorflow():
 
 def test_registry_has_one_spec_per_embedded_builder():
     assert data.registry.names() == [
-        "duplication", "listops", "pathfinder", "pystdlib", "seq2seq_digits", "sklearn_digits",
+        "digit_qa", "duplication", "listops", "pathfinder", "pystdlib", "seq2seq_digits", "sklearn_digits",
         "textfile"]
     for name in data.registry.names():
         spec = data.registry.get(name)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import tensorflow_datasets as tfds
 
 from attnx.data import (
+    digit_qa,
     duplication,
     generic,
     listops,
@@ -30,6 +31,7 @@ DATASETS: dict[str, DatasetSpec] = {
     "seq2seq_digits": seq2seq_digits.SPEC,
     "duplication": duplication.SPEC,
     "sklearn_digits": sklearn_digits.SPEC,
+    "digit_qa": digit_qa.SPEC,
 }
 
 

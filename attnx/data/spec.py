@@ -27,6 +27,8 @@ KIND_FEATURES: Mapping[str, frozenset[str]] = {
     "seq2seq": frozenset({"inputs", "inputs_mask", "decoder_inputs", "targets", "weights"}),
     "image_classification": frozenset({"image", "label", "weights"}),
     "video_classification": frozenset({"video", "frame_mask", "label", "weights"}),
+    "image_text_classification": frozenset(
+        {"image", "question", "question_mask", "label", "weights"}),
 }
 
 
@@ -44,7 +46,8 @@ class DataInfo:
 
     Attributes:
       kind: the batches served, one of `KIND_FEATURES`: 'lm', 'classification' (token
-        sequences), 'seq2seq', 'image_classification', 'video_classification'.
+        sequences), 'seq2seq', 'image_classification', 'video_classification',
+        'image_text_classification' (an image and a question about it).
       features: every key of the batches, `{name: Feature}` (shapes per example).
       vocab_size: number of token ids (token kinds).
       pad_id: padding id (0 for every token kind).
@@ -81,7 +84,8 @@ class DataInfo:
 
     @property
     def image_shape(self) -> tuple[int, int, int] | None:
-        """`(H, W, C)` of 'image_classification' batches; None for other kinds."""
+        """`(H, W, C)` of the batches' images ('image_classification',
+        'image_text_classification'); None for other kinds."""
         image = self.features.get("image")
         return None if image is None else image.shape
 

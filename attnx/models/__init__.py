@@ -14,7 +14,7 @@ from typing import Any, Callable
 import jax.numpy as jnp
 from flax import nnx
 
-from attnx.models import cnn, longformer, lstm, maxvit, reformer, transformer, vit
+from attnx.models import cnn, longformer, lstm, maxvit, multimodal, reformer, transformer, vit
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +44,8 @@ MODELS: dict[str, ModelEntry] = {
     "cnn_classifier": ModelEntry("image_classification", cnn.ConvNet, cnn.ConvNetConfig),
     "maxvit": ModelEntry("image_classification", maxvit.MaxViT, maxvit.MaxViTConfig),
     "vit": ModelEntry("image_classification", vit.ViT, vit.ViTConfig),
+    "multimodal": ModelEntry("image_text_classification", multimodal.MultimodalClassifier,
+                             multimodal.MultimodalConfig),
 }
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
