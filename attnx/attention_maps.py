@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import jax
 import numpy as np
+from flax import nnx
 
 
 def _pool(weights: np.ndarray, max_pixels: int) -> np.ndarray:
@@ -39,9 +40,15 @@ def layer_images(maps: list[jax.Array], *, example: int = 0,
     return images
 
 
+@nnx.jit
+def _jitted_maps(model, *features):
+    return model.attention_maps(*features)
+
+
 def model_maps(model, task, batch: dict[str, np.ndarray]) -> list[jax.Array] | None:
     """The model's per-layer attention weights on `batch` (the `task`'s `map_features`), or None
-    if the model or its task cannot draw them."""
+    if the model or its task cannot draw them. Jitted: compiled at a run's first evaluation,
+    reused at the next ones (same model structure and shapes)."""
     if task.map_features is None or not hasattr(model, "attention_maps"):
         return None
-    return model.attention_maps(*(batch[k] for k in task.map_features))
+    return _jitted_maps(model, *(batch[k] for k in task.map_features))

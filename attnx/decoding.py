@@ -8,6 +8,8 @@ the trainer's TensorBoard samples (through `attnx.tasks`) call these functions.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -25,6 +27,33 @@ def _choose(logits: Array, rng: Array, temperature: float, top_k: int | None) ->
         kth = jax.lax.top_k(logits, top_k)[0][:, -1:]
         logits = jnp.where(logits < kth, -jnp.inf, logits)
     return jax.random.categorical(rng, logits, -1)
+
+
+# Jitted once at module level, so that repeated sampling (every evaluation's TensorBoard samples)
+# reuses the compiled functions of the same model structure and shapes.
+@functools.partial(nnx.jit, static_argnums=(2,))
+def _prefill(model: nnx.Module, ids: Array, max_len: int):
+    return model.prefill(ids, max_len)
+
+
+@nnx.jit
+def _decode(model: nnx.Module, ids: Array, caches):
+    return model.decode(ids, caches)
+
+
+@nnx.jit
+def _forward(model: nnx.Module, ids: Array) -> Array:
+    return model(ids)
+
+
+@nnx.jit
+def _encode(model: nnx.Module, inputs: Array, inputs_mask: Array) -> Array:
+    return model.encode(inputs, inputs_mask)
+
+
+@nnx.jit
+def _decode_seq2seq(model: nnx.Module, ids: Array, memory: Array, inputs_mask: Array) -> Array:
+    return model.decode(ids, memory, inputs_mask)
 
 
 def generate_lm(model: nnx.Module, prompt: np.ndarray, num_tokens: int, *, window: int,
@@ -51,25 +80,21 @@ def generate_lm(model: nnx.Module, prompt: np.ndarray, num_tokens: int, *, windo
     if use_cache is None:
         use_cache = getattr(model, "supports_decoding", False)
     if use_cache:
-        total = length + num_tokens
-        prefill = nnx.jit(lambda m, ids: m.prefill(ids, total))
-        decode = nnx.jit(lambda m, ids, c: m.decode(ids, c))
-        logits, caches = prefill(model, jnp.asarray(prompt))
+        logits, caches = _prefill(model, jnp.asarray(prompt), length + num_tokens)
         out = [prompt]
         last = logits[:, -1]
         for t in range(num_tokens):
             token = _choose(last, jax.random.fold_in(rng, t), temperature, top_k)
             out.append(np.asarray(token)[:, None])
             if t + 1 < num_tokens:
-                logits, caches = decode(model, token[:, None].astype(jnp.int32), caches)
+                logits, caches = _decode(model, token[:, None].astype(jnp.int32), caches)
                 last = logits[:, -1]
         return np.concatenate(out, axis=1)
     buffer = np.zeros((batch, window), np.int32)
     buffer[:, :length] = prompt
-    forward = nnx.jit(lambda m, ids: m(ids))
     end = length + num_tokens
     for t in range(length, end):
-        logits = forward(model, jnp.asarray(buffer))[:, t - 1]
+        logits = _forward(model, jnp.asarray(buffer))[:, t - 1]
         buffer[:, t] = np.asarray(_choose(logits, jax.random.fold_in(rng, t), temperature, top_k))
     return buffer[:, :end]
 
@@ -78,13 +103,13 @@ def generate_seq2seq(model: nnx.Module, inputs: np.ndarray, inputs_mask: np.ndar
                      target_len: int, bos_id: int, eos_id: int | None) -> np.ndarray:
     """Greedy decoding: inputs `[B, S]` -> output ids `[B, target_len]` (after BOS)."""
     batch = inputs.shape[0]
-    memory = nnx.jit(lambda m, x, mask: m.encode(x, mask))(model, inputs, inputs_mask)
-    decode = nnx.jit(lambda m, ids, mem, mask: m.decode(ids, mem, mask))
+    memory = _encode(model, inputs, inputs_mask)
     buffer = np.zeros((batch, target_len), np.int32)
     buffer[:, 0] = bos_id
     out = np.zeros((batch, target_len), np.int32)
     for t in range(target_len):
-        token = np.asarray(jnp.argmax(decode(model, buffer, memory, inputs_mask)[:, t], -1))
+        token = np.asarray(jnp.argmax(_decode_seq2seq(model, buffer, memory, inputs_mask)[:, t],
+                                      -1))
         out[:, t] = token
         if t + 1 < target_len:
             buffer[:, t + 1] = token
