@@ -343,7 +343,8 @@ def key_frame_columns(key_frames: KeyFrames, frames: int, batch: int) -> tuple[A
         if concrete.min() < 0 or concrete.max() >= frames:
             raise ValueError(f"key_frames indices must be in [0, T) = [0, {frames}), got "
                              f"{concrete.tolist()}")
-    index = jnp.asarray(key_frames, jnp.int32).reshape((-1, 1, shape[-1]))
+    index = jnp.asarray(key_frames, jnp.int32).reshape((shape[0] if len(shape) == 2 else 1, 1,
+                                                        shape[-1]))
     index = jnp.broadcast_to(index, (index.shape[0], frames, shape[-1]))
     return index, jnp.ones(index.shape, bool)
 
