@@ -10,7 +10,8 @@ space-time attention block chosen by argument (TimeSformer's divided attention b
     python -m attnx.train --config=configs/video_divided.py --mode=eval --split=test
 
 Clips come from the generated `moving_digits` TFDS builder (`attnx/data/moving_digits.py`): the
-`small` config, 8 frames of 16 x 16, served as float clips with a frame mask. Arguments:
+`small` config, 8 frames of 16 x 16 (the digit moves 4 pixels, one patch, a frame), served as
+float clips with a frame mask. Arguments:
 - `block=divided|joint|factorized_heads|factorized_encoder` (`attnx/models/video.py`; key-frame
   blocks: configs/video_keyframe.py);
 - `smoke`: the `tiny` clips (4 frames of 8 x 8), one block of width 16, 3 steps;
@@ -19,8 +20,8 @@ Clips come from the generated `moving_digits` TFDS builder (`attnx/data/moving_d
   frames, width 768, 12 heads, 12 layers, [CLS] pooling, batch 64, 30,000 steps.
 The default is the CPU budget of experiments/video: 4 x 4 patches of single frames (so only
 attention carries time: 8 frames x 16 tokens), width 32, 2 heads, 2 layers, MLP 64, mean
-pooling; batch 32, AdamW lr 1e-3, 40 warmup steps and cosine decay over 600 steps, validation
-every 200 steps, model selection by validation accuracy (`config_lib.video_training`).
+pooling; batch 32, AdamW lr 2e-3, 50 warmup steps and cosine decay over 1,000 steps, validation
+every 250 steps, model selection by validation accuracy (`config_lib.video_training`).
 """
 
 import ml_collections

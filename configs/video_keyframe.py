@@ -8,7 +8,7 @@ queries attend to the key frames' tokens and their own frame's.
     python -m attnx.train --config=configs/video_keyframe.py:ucf101
 
 Data, sizes and training as configs/video_divided.py (`moving_digits/small`, width 32, 2 layers,
-600 steps; `smoke`, `ucf101` likewise), with `block='keyframe'`. Arguments:
+1,000 steps; `smoke`, `ucf101` likewise), with `block='keyframe'`. Arguments:
 - `key_frames=stride:2` (the default: frames 0, 2, 4, 6), `stride:s`, `anchor` (frame 0),
   `anchor+previous` (frame 0 and t - 1, Tune-A-Video's sparse-causal attention), or `learned:k`
   (k frames per clip chosen by `attnx.layers.video.KeyFrameSelector`, its scores scaling their

@@ -5,7 +5,7 @@ A clip is `frames` grey frames `[canvas, canvas, 1]` uint8. One of scikit-learn'
 handwritten digits (`sklearn_digits`: the same 1,797 images and the same train / validation /
 test split of the images, so test clips move digits no training clip shows), upsampled
 `digit_scale` times, starts at a uniformly random position of the canvas and moves `speed`
-pixels a frame (1 .. `max_speed`, uniform) in one of four directions: the label, 0 'right',
+pixels a frame (`min_speed` .. `max_speed`, uniform) in one of four directions: the label, 0 'right',
 1 'left', 2 'down', 3 'up'. The canvas is a torus: what leaves one side enters on the other.
 So the position of any one frame is uniform whatever the direction (a single-frame model is at
 chance, 25%), and the mean of the frames is a streak that tells the axis but not the sense (a
@@ -17,9 +17,11 @@ order drawn from the seed); everything comes from `numpy.random.default_rng((see
 index))` per clip and scikit-learn's copy of the digits (NumPy is pinned; changing the generator
 bumps VERSION).
 
-Builder configs: `tiny` (4 frames of 8 x 8, 64 / 32 / 32 clips: tests and smoke runs), `small`
-(the default: 8 frames of 16 x 16, 3,000 / 500 / 500), `medium` (16 frames of 32 x 32 with
-digits upsampled to 16 x 16, 6,000 / 1,000 / 1,000). Served as `video` (`data.image_key='video'`:
+Builder configs: `tiny` (4 frames of 8 x 8, speed 1-2, 64 / 32 / 32 clips: tests and smoke
+runs), `small` (the default: 8 frames of 16 x 16, speed 4, i.e. one 4 x 4 patch a frame, 3,000 /
+500 / 500), `medium` (16 frames of 32 x 32 with digits upsampled to 16 x 16, speed 1-3, 6,000 /
+1,000 / 1,000). A speed must stay below half the canvas, or left and right could not be told
+apart on the torus. Served as `video` (`data.image_key='video'`:
 float clips `[T, H, W, 1]` in [0, 1] with a frame mask, `representations.clips`).
 """
 
@@ -42,11 +44,12 @@ _STEPS = np.array([(0, 1), (0, -1), (1, 0), (-1, 0)])
 
 @dataclasses.dataclass(eq=False)
 class MovingDigitsConfig(tfds.core.BuilderConfig):
-    """Frames per clip, canvas side, digit upsampling, top speed, clips per split, seed."""
+    """Frames per clip, canvas side, digit upsampling, speed range, clips per split, seed."""
 
     frames: int = 8
     canvas: int = 16
     digit_scale: int = 1
+    min_speed: int = 1
     max_speed: int = 2
     num_train: int = 3_000
     num_validation: int = 500
@@ -72,7 +75,7 @@ def example(config: MovingDigitsConfig, digits: np.ndarray, digit_labels: np.nda
     choice = int(rng.integers(len(digits)))
     digit = np.kron(digits[choice], np.ones((config.digit_scale,) * 2, np.uint8))
     start = rng.integers(config.canvas, size=2)
-    speed = int(rng.integers(1, config.max_speed + 1))
+    speed = int(rng.integers(config.min_speed, config.max_speed + 1))
     clip = render(digit, (int(start[0]), int(start[1])), direction, speed, config.frames,
                   config.canvas)
     return {"video": clip[..., None], "label": direction, "digit": int(digit_labels[choice]),
@@ -87,8 +90,8 @@ class MovingDigits(tfds.core.GeneratorBasedBuilder):
     BUILDER_CONFIGS = [
         MovingDigitsConfig(name="tiny", description="Tests: 4 frames of 8 x 8, 64/32/32.",
                            frames=4, canvas=8, num_train=64, num_validation=32, num_test=32),
-        MovingDigitsConfig(name="small", description="8 frames of 16 x 16, 3000/500/500.",
-                           frames=8, canvas=16),
+        MovingDigitsConfig(name="small", description="8 frames of 16 x 16, speed 4, "
+                           "3000/500/500.", frames=8, canvas=16, min_speed=4, max_speed=4),
         MovingDigitsConfig(name="medium", description="16 frames of 32 x 32, digits 16 x 16, "
                            "6000/1000/1000.", frames=16, canvas=32, digit_scale=2, max_speed=3,
                            num_train=6_000, num_validation=1_000, num_test=1_000),
@@ -118,6 +121,10 @@ class MovingDigits(tfds.core.GeneratorBasedBuilder):
         if 8 * config.digit_scale > config.canvas:
             raise ValueError(f"moving_digits/{config.name}: digits of {8 * config.digit_scale} "
                              f"pixels do not fit the canvas of {config.canvas}")
+        if not 1 <= config.min_speed <= config.max_speed < config.canvas / 2:
+            raise ValueError(f"moving_digits/{config.name}: speeds {config.min_speed}.."
+                             f"{config.max_speed} must be >= 1 and below half the canvas "
+                             f"({config.canvas})")
         images, labels = sklearn_digits.images_and_labels()
         indices = sklearn_digits.split_indices(config.seed)
         sizes = (config.num_train, config.num_validation, config.num_test)
