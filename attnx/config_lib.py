@@ -183,8 +183,8 @@ def lra_classifier(model: str, attention: str, seq_len: int,
 def video_training(config: ml_collections.ConfigDict, *, smoke: bool, ucf101: bool) -> None:
     """Data and schedule of the video configs (configs/video_*.py) on `moving_digits`: the
     `small` clips (8 frames of 16 x 16), batch 32, AdamW lr 2e-3, 1,000 steps (50 warmup,
-    cosine), whole-split validation every 250 steps, model selection by validation accuracy. `smoke`:
-    the `tiny` clips, 3 steps. `ucf101`: TFDS `ucf101/ucf101_1_256` by name (16 frames of
+    cosine), whole-split validation every 250 steps, model selection by validation accuracy.
+    `smoke`: the `tiny` clips, 3 steps. `ucf101`: TFDS `ucf101/ucf101_1_256` by name (16 frames of
     256 x 256; needs the dataset prepared and TensorFlow), batch 64, 30,000 steps."""
     config.data = default_data_config(name="moving_digits", builder_config="small",
                                       representation="video", image_key="video")
