@@ -6,7 +6,8 @@
 
 Measures the median step time of the jitted, donated train step on real batches of the config's
 dataset (after a warm-up, compile time reported separately), the step's temporary memory as XLA
-plans it, tokens/s (examples/s for images and clips), and the fraction of the machine's matmul throughput it reaches (model FLOPs utilisation).
+plans it, tokens/s (examples/s for images and clips), and the fraction of the machine's matmul
+throughput it reaches (model FLOPs utilisation).
 `--synthetic` times random batches of the shapes the dataset would serve (`data.describe`: its
 metadata, no data needed), for datasets not prepared here such as ImageNet. The peak is measured in
 the same run with a large float32 matmul. The FLOPs of sequence models (attention layers over
@@ -155,7 +156,8 @@ def measure_config(config, *, steps: int = 10, warmup: int = 2,
         "model": config.model.name, "seq_len": setup.seq_len, "batch_size": config.batch_size,
         "synthetic": synthetic, "unit": unit, "flops_source": flops_source,
         "compile_s": setup.compile_s, "step_s": step_s, "steps_per_s": 1 / step_s,
-        "temp_bytes": setup.temp_bytes, f"{unit}_per_s": count / step_s, "model_tflops_per_step": flops / 1e12,
+        "temp_bytes": setup.temp_bytes, f"{unit}_per_s": count / step_s,
+        "model_tflops_per_step": flops / 1e12,
         "peak_matmul_gflops": peak / 1e9, "mfu": flops / step_s / peak,
         "final_loss": float(metrics["loss"]), "devices": jax.device_count(),
         "parameters": sum(leaf.size for leaf in jax.tree.leaves(setup.params)),

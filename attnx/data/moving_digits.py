@@ -6,8 +6,8 @@ handwritten digits (`sklearn_digits`: the same 1,797 images and the same train /
 test split of the images, so test clips move digits no training clip shows), upsampled
 `digit_scale` times, starts at a uniformly random position of the canvas and moves `speed`
 pixels a frame (`min_speed` .. `max_speed`, uniform) in one of four directions: the label,
-0 'right', 1 'left', 2 'down', 3 'up'. The canvas is a torus: what leaves one side enters on the other.
-So the position of any one frame is uniform whatever the direction (a single-frame model is at
+0 'right', 1 'left', 2 'down', 3 'up'. The canvas is a torus: what leaves one side enters on the
+other. So the position of any one frame is uniform whatever the direction (a single-frame model is at
 chance, 25%), and the mean of the frames is a streak that tells the axis but not the sense (a
 frame-averaging model can reach 50% at best): the direction is in the order of the frames.
 
