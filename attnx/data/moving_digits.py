@@ -1,15 +1,15 @@
 """`moving_digits`: clips of a real handwritten digit moving on a canvas; the label is the
 direction of motion, so it needs time.
 
-A clip is `frames` grey frames `[canvas, canvas, 1]` uint8. One of scikit-learn's 8 x 8
-handwritten digits (`sklearn_digits`: the same 1,797 images and the same train / validation /
-test split of the images, so test clips move digits no training clip shows), upsampled
-`digit_scale` times, starts at a uniformly random position of the canvas and moves `speed`
-pixels a frame (`min_speed` .. `max_speed`, uniform) in one of four directions: the label,
-0 'right', 1 'left', 2 'down', 3 'up'. The canvas is a torus: what leaves one side enters on the
-other. So the position of any one frame is uniform whatever the direction (a single-frame model is at
-chance, 25%), and the mean of the frames is a streak that tells the axis but not the sense (a
-frame-averaging model can reach 50% at best): the direction is in the order of the frames.
+A clip is `frames` grey frames `[canvas, canvas, 1]` uint8. One of scikit-learn's 8 x 8 handwritten
+digits (`sklearn_digits`: the same 1,797 images and the same train / validation / test split of the
+images, so test clips move digits no training clip shows), upsampled `digit_scale` times, starts at
+a uniformly random position of the canvas and moves `speed` pixels a frame (`min_speed` ..
+`max_speed`, uniform) in one of four directions: the label, 0 'right', 1 'left', 2 'down', 3 'up'.
+The canvas is a torus: what leaves one side enters on the other. So the position of any one frame is
+uniform whatever the direction (a single-frame model is at chance, 25%), and the mean of the frames
+is a streak that tells the axis but not the sense (a frame-averaging model can reach 50% at best):
+the direction is in the order of the frames.
 
 Each record also keeps the `digit` (0-9), `speed` and `start` `[2]` (row, column). Labels are
 exactly balanced within each split (n // 4 of each, plus the remainder in class order, in an
