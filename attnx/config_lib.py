@@ -7,6 +7,7 @@ from typing import Any
 import ml_collections
 
 from attnx.attention import registry
+from attnx.data import default_data_config
 
 
 def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
@@ -177,3 +178,25 @@ def lra_classifier(model: str, attention: str, seq_len: int,
         name, attention=attention,
         attention_options=attention_options(attention, seq_len + 1), max_len=seq_len + 1,
         **sizes)
+
+
+def video_training(config: ml_collections.ConfigDict, *, smoke: bool, ucf101: bool) -> None:
+    """Data and schedule of the video configs (configs/video_*.py) on `moving_digits`: the
+    `small` clips (8 frames of 16 x 16), batch 32, AdamW lr 2e-3, 1,000 steps (50 warmup,
+    cosine), whole-split validation every 250 steps, model selection by validation accuracy.
+    `smoke`: the `tiny` clips, 3 steps. `ucf101`: TFDS `ucf101/ucf101_1_256` by name (16 frames of
+    256 x 256; needs the dataset prepared and TensorFlow), batch 64, 30,000 steps."""
+    config.data = default_data_config(name="moving_digits", builder_config="small",
+                                      representation="video", image_key="video")
+    lra_training(config, steps=1_000, every=250, warmup_steps=50, learning_rate=2e-3)
+    if smoke:
+        config.data.builder_config = "tiny"
+        set_schedule(config, steps=3, every=3, warmup_steps=1, batch_size=8, eval_batch_size=16,
+                     eval_batches=1, log_every=1)
+    if ucf101:
+        config.data = default_data_config(name="ucf101", builder_config="ucf101_1_256",
+                                          representation="video", image_key="video",
+                                          num_frames=16, eval_split="test")
+        set_schedule(config, steps=30_000, every=2_000, warmup_steps=2_500, batch_size=64,
+                     eval_batch_size=64, eval_batches=None)
+        config.optimizer.weight_decay = 0.05

@@ -60,11 +60,13 @@ def check_data(config: ml_collections.ConfigDict, info: DataInfo) -> tasks.Task:
 
 
 def build_model(config: ml_collections.ConfigDict, info: DataInfo) -> nnx.Module:
-    """`config.model` for this data: its vocabulary (+ the task's extra ids), classes, image shape."""
+    """`config.model` for this data: its vocabulary (+ the task's extra ids), classes, image or
+    clip shape."""
     task = model_task(config.model)
     vocab = None if info.vocab_size is None else info.vocab_size + task.extra_vocab
     return models.build(config.model, vocab_size=vocab, num_classes=info.num_classes,
-                        image_shape=info.image_shape, dtype=config.dtype, seed=config.seed)
+                        image_shape=info.image_shape, clip_shape=info.clip_shape,
+                        dtype=config.dtype, seed=config.seed)
 
 
 def split(model: nnx.Module) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:

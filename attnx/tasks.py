@@ -145,6 +145,9 @@ def _image_text_forward(model, batch, rng):
     at label `[B]`."""
     logits = model(batch["image"], batch["question"], batch["question_mask"], rng=rng)
     return logits, batch["label"], batch["weights"]
+def _video_classification_forward(model, batch, rng):
+    """video `[B, T, H, W, C]` float, frame_mask `[B, T]` -> logits `[B, classes]` at `label`."""
+    return model(batch["video"], batch["frame_mask"], rng=rng), batch["label"], batch["weights"]
 
 
 def _seq2seq_forward(model, batch, rng):
@@ -237,6 +240,8 @@ _TASKS: dict[str, Task] = {
              _image_classification_forward),
         Task("image_text_classification", "image_text_classification",
              ("image", "question", "question_mask", "label", "weights"), _image_text_forward),
+        Task("video_classification", "video_classification",
+             ("video", "frame_mask", "label", "weights"), _video_classification_forward),
     ]
 }
 

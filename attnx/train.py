@@ -119,7 +119,7 @@ def validate(config: ml_collections.ConfigDict, info: DataInfo | None = None) ->
     _check_trainer_fields(config)
     entry = models.get_entry(config.model.name)
     models.model_settings(config.model, vocab_size=2, num_classes=2, image_shape=(1, 1, 1),
-                          dtype=config.dtype)
+                          clip_shape=(1, 1, 1, 1), dtype=config.dtype)
     max_len = config.model.get("max_len")
     extra = entry.prefix_tokens
     if max_len is not None and config.data.seq_len + extra > max_len:

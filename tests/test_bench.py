@@ -280,6 +280,18 @@ def test_model_level_mode_reports_throughput_and_mfu(tmp_path):
     assert bench_model.train_flops_per_token(params, model_cfg, 10, True) == 3 * (2 * 544 + 160)
 
 
+def test_model_level_mode_times_clip_models_and_their_memory(data_dir):
+    from helpers import load_config
+
+    config = load_config("video_divided", "smoke")
+    config.data.data_dir = data_dir
+    record = bench_model.run_model(config, steps=1, out=None)
+    assert record["step_s"] > 0 and record["temp_bytes"] > 0
+    assert record["unit"] == "examples" and record["seq_len"] is None
+    assert record["examples_per_s"] == pytest.approx(config.batch_size / record["step_s"])
+    assert "| temporary memory (XLA plan) |" in bench_model.format_record(record)
+
+
 def test_model_level_peer_is_hf_reformer_of_the_same_size(tmp_path):
     pytest.importorskip("torch")
     pytest.importorskip("transformers")

@@ -9,6 +9,9 @@ Layouts: 'sequence' (`[B, T, N, H]`) runs every check below; 'image' (`[B, H, W,
 maps, MaxViT block and grid attention, mask kind 'none') runs the oracle (pattern + the entry's
 own bias over the raster tokens), jit, bfloat16 and dropout checks, and checks that a mask, causal
 or mismatched maps are refused and that `MultiHeadAttention` (a sequence module) rejects it.
+'video' (`[B, T, S, N, H]` clips, mask kind 'frame': a frame mask `[B, T]` in place of the key
+padding mask, `mask` refused) runs every check but bias, cache and the module's: the oracle over
+the T*S time-major tokens, padded frames, frame-causality by gradients, jit, bfloat16, dropout.
 
 Every mechanism, on its example inputs (float32, a padded key mask):
 - equals its oracle, forward and gradients: `dense.attention(q, k, v, mask=pattern)`, or the
@@ -38,7 +41,8 @@ from attnx.layers.attention import MultiHeadAttention, init_cache
 
 # Example shapes per layout (the checks below are written for these layouts).
 SHAPES = {"sequence": dict(batch=2, length=20, heads=2, head_dim=8),
-          "image": dict(batch=2, image_size=(4, 6), heads=2, head_dim=8)}
+          "image": dict(batch=2, image_size=(4, 6), heads=2, head_dim=8),
+          "video": dict(batch=2, clip_size=(4, 6), heads=2, head_dim=8)}
 KV_LENGTH = 12  # keys of the Tq != Tk check
 ATOL = RTOL = 1e-5
 BF16_ATOL = 3e-2
@@ -67,7 +71,8 @@ def _out_shape(example: registry.Example) -> tuple[int, ...]:
 
 
 def _tokens(x: jax.Array) -> jax.Array:
-    """A feature map `[B, H, W, N, Hd]` as raster tokens `[B, H*W, N, Hd]`."""
+    """A feature map `[B, H, W, N, Hd]` as raster tokens `[B, H*W, N, Hd]` (a clip
+    `[B, T, S, N, H]` as time-major tokens `[B, T*S, N, H]`)."""
     return x.reshape(x.shape[0], -1, *x.shape[3:])
 
 
@@ -75,11 +80,11 @@ def _make_case(entry: registry.Mechanism, example: registry.Example) -> Case:
     fn, reference = entry.fn, entry.reference_fn
 
     def call(operands, key_mask, causal, **extra):
-        return fn(*operands, mask=entry.mask_argument(key_mask), causal=causal,
+        return fn(*operands, **entry.mask_inputs(key_mask), causal=causal,
                   **example.options, **example.inputs, **extra)
 
     def oracle(operands, key_mask, causal):
-        kwargs = dict(mask=entry.mask_argument(key_mask), causal=causal, **example.options,
+        kwargs = dict(**entry.mask_inputs(key_mask), causal=causal, **example.options,
                       **example.inputs)
         if reference is not None:
             return reference(*operands, **kwargs)
@@ -87,7 +92,7 @@ def _make_case(entry: registry.Mechanism, example: registry.Example) -> Case:
         k = q if entry.shared_qk else operands[1]
         allowed = entry.pattern_fn(q, k, **kwargs)
         bias = None if entry.bias_fn is None else entry.bias_fn(q, k, **kwargs)
-        if entry.layout == "image":  # dense attention over the H*W raster tokens
+        if entry.layout in ("image", "video"):  # dense attention over the H*W (T*S) tokens
             out = dense.attention(_tokens(q), _tokens(k), _tokens(v), mask=allowed, bias=bias)
             return out.reshape(q.shape[:-1] + v.shape[-1:])
         return dense.attention(q, k, v, mask=allowed, bias=bias)
@@ -115,6 +120,11 @@ def case(request) -> Case:
 @pytest.fixture(scope="module")
 def cotangent(case) -> jax.Array:
     return jax.random.normal(jax.random.key(1), _out_shape(case.example))
+
+
+def _per_key(mask: jax.Array, like: jax.Array) -> jax.Array:
+    """A `[B, Tk]` mask (a frame mask in the video layout) broadcastable against `like`."""
+    return mask.reshape(mask.shape + (1,) * (like.ndim - 2))
 
 
 def _close(actual, expected, atol=ATOL, rtol=RTOL):
@@ -209,7 +219,7 @@ def _needs_mask(case: Case) -> None:
 
 def test_takes_no_mask_where_declared(case):
     entry, ex = case.entry, case.example
-    if entry.mask_kind != "none":
+    if entry.mask_kind not in ("none", "frame"):
         pytest.skip(f"{entry.name} takes a {entry.mask_kind!r} mask")
     assert entry.mask_argument(ex.key_mask) is None
     with pytest.raises(ValueError, match="mask"):
@@ -234,12 +244,12 @@ def test_padded_keys_are_ignored(case, cotangent):
     real = np.asarray(ex.key_mask)
     assert not real.all()
     # Cotangents at real query rows only: what padded rows return is not part of the contract.
-    real_cotangent = cotangent * real[:, :, None, None]
+    real_cotangent = cotangent * _per_key(real, cotangent)
     out, grads = case.value_and_grads(case.operands, ex.key_mask, real_cotangent, causal=False)
     assert np.all(np.asarray(grads[-1])[~real] == 0)  # the values of padded keys
     # Garbage in the padded keys' inputs changes no real row.
     noise = 100 * jax.random.normal(jax.random.key(6), ex.v.shape)
-    garbage = tuple(jnp.where(real[:, :, None, None], x, noise) for x in case.operands)
+    garbage = tuple(jnp.where(_per_key(real, x), x, noise) for x in case.operands)
     changed, _ = case.value_and_grads(garbage, ex.key_mask, real_cotangent, causal=False)
     _close(np.asarray(changed)[real], np.asarray(out)[real])
 
@@ -251,7 +261,7 @@ def test_causal_by_gradients(case, cotangent):
         return
     t = case.example.q.shape[1]
     for i in (2, t // 2, t - 1):
-        one_query = cotangent * (jnp.arange(t) == i)[None, :, None, None]
+        one_query = cotangent * _per_key((jnp.arange(t) == i)[None], cotangent)
         _, grads = case.value_and_grads(case.operands, case.example.key_mask, one_query,
                                         causal=True)
         for grad in grads[1:] if not case.entry.shared_qk else grads:
@@ -291,7 +301,7 @@ def test_query_and_key_lengths_may_differ_exactly_where_declared(case):
     short = _make_case(entry, ex)
     if not entry.supports_cross_length:
         q, k, v = case.example.q, case.example.k, case.example.v
-        kv_length = KV_LENGTH if entry.layout == "sequence" else 2  # image: half the map's rows
+        kv_length = KV_LENGTH if entry.layout == "sequence" else 2  # half the rows / frames
         with pytest.raises(ValueError):
             entry.fn(*entry.operands(q, k[:, :kv_length], v[:, :kv_length]),
                      **case.example.options, **case.example.inputs)

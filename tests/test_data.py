@@ -669,14 +669,15 @@ def test_data_imports_neither_models_nor_tensorflow():
 
 def test_registry_has_one_spec_per_embedded_builder():
     assert data.registry.names() == [
-        "digit_qa", "duplication", "listops", "pathfinder", "pystdlib", "seq2seq_digits", "sklearn_digits",
-        "textfile"]
+        "digit_qa", "duplication", "listops", "moving_digits", "pathfinder", "pystdlib",
+        "seq2seq_digits", "sklearn_digits", "textfile"]
     for name in data.registry.names():
         spec = data.registry.get(name)
         assert spec.default in spec.representations
         assert name in tfds.list_builders(with_community_datasets=False)
     assert set(data.registry.get("pathfinder").representations) == {"tokens", "image"}
     assert data.registry.get("cifar10") is data.generic.SPEC
+    assert data.registry.get("ucf101") is data.generic.SPEC  # a legacy TFDS video builder
     assert set(data.generic.SPEC.representations) == {"tokens", "image", "video"}
     with pytest.raises(ValueError, match="data.name='listops'.*data.builder_config"):
         data.registry.get("listops/tiny")

@@ -31,6 +31,7 @@ class _Info:
     vocab_size = None
     num_classes = 3
     image_shape = IMAGE_SHAPE
+    clip_shape = None
     features = dict.fromkeys(("image", "label", "weights"))
 
 

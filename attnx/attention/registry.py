@@ -23,12 +23,14 @@ import jax.numpy as jnp
 Array = jax.Array
 
 # Array layouts. 'sequence': q `[B, Tq, N, H]`, k and v `[B, Tk, N, H]` (BTNH); 'image': q, k
-# and v are feature maps `[B, H, W, N, Hd]` whose H*W tokens patterns number in raster order.
-LAYOUTS = ("sequence", "image")
+# and v are feature maps `[B, H, W, N, Hd]` whose H*W tokens patterns number in raster order;
+# 'video': q, k and v are `[B, T, S, N, H]` whose T*S tokens patterns number time-major.
+LAYOUTS = ("sequence", "image", "video")
 # 'key_padding': the mask argument is `[B, Tk]` (True = real token); 'full': any boolean mask
 # broadcastable to `[B, N, Tq, Tk]` (True = may attend); 'none': the mechanism takes no mask
-# (mask must be None: it attends within whole feature maps).
-MASK_KINDS = ("key_padding", "full", "none")
+# (mask must be None: it attends within whole feature maps); 'frame': mask must be None and the
+# function takes `frame_mask=` `[B, T]` (True = real frame; the video layout).
+MASK_KINDS = ("key_padding", "full", "none", "frame")
 # Named option presets: the settings each context uses (see `Mechanism.preset`).
 PRESETS = ("lra", "bench", "reformer_lm")
 
@@ -48,6 +50,12 @@ def _chunk_window(options: Mapping[str, Any]) -> int:
     return options["chunk_len"] * (1 + options["chunks_before"] + options["chunks_after"])
 
 
+def _video_keys(options: Mapping[str, Any], length: int, causal: bool) -> float:
+    """Video mechanisms, `length` = the clip's T*S tokens: every key, an upper bound (the exact
+    count of temporal, spatial and key-frame attention needs T and S apart)."""
+    return _all_keys(options, length, causal)
+
+
 def _needs_length(length: int | None, preset: str) -> int:
     if length is None:
         raise ValueError(f"preset {preset!r} depends on the sequence length: pass length=")
@@ -60,11 +68,12 @@ class Example:
 
     Attributes:
       q: `[B, Tq, N, H]` queries (the shared qk for shared-QK mechanisms); `[B, H, W, N, Hd]`
-        in the 'image' layout.
+        in the 'image' layout, `[B, T, S, N, H]` in the 'video' layout.
       k: `[B, Tk, N, H]` keys (q itself for shared-QK mechanisms); as q in the 'image' layout.
       v: `[B, Tk, N, H]` values; as q in the 'image' layout.
       key_mask: `[B, Tk]` bool, True = real token; the last keys of row 1 are padding (all True
-        for mask kind 'none', Tk = H*W).
+        for mask kind 'none', Tk = H*W; for mask kind 'frame' the frame mask `[B, T]`, the last
+        frame of row 1 padding).
       options: mechanism options that fit these shapes.
       inputs: further keyword inputs the function needs (`rng`, `global_mask`, `global_qkv`,
         `bias_table`).
@@ -240,13 +249,20 @@ class Mechanism:
         return self.keys_per_query({**self.option_defaults(), **options}, length, causal)
 
     def mask_argument(self, key_mask: Array) -> Array | None:
-        """A key padding mask `[B, Tk]` in this mechanism's mask kind (None for kind 'none',
-        whose mechanisms take no mask)."""
+        """A key padding mask `[B, Tk]` in this mechanism's mask kind (None for kinds 'none' and
+        'frame', whose mechanisms take no mask; see `mask_inputs`)."""
         if self.key_padding_mask:
             return key_mask
-        if self.mask_kind == "none":
+        if self.mask_kind in ("none", "frame"):
             return None
         return key_mask.astype(bool)[:, None, None, :]
+
+    def mask_inputs(self, key_mask: Array) -> dict[str, Array | None]:
+        """The mask keyword arguments of `fn` for a key padding mask (for mask kind 'frame',
+        `key_mask` is the frame mask `[B, T]`: `{'frame_mask': key_mask}`)."""
+        if self.mask_kind == "frame":
+            return {"frame_mask": key_mask}
+        return {"mask": self.mask_argument(key_mask)}
 
     def operands(self, q: Array, k: Array, v: Array) -> tuple[Array, ...]:
         """The positional arguments of `fn`: `(q, v)` for shared-QK mechanisms, else `(q, k, v)`."""
@@ -254,16 +270,24 @@ class Mechanism:
 
     def example(self, rng: Array, *, batch: int = 2, length: int = 20,
                 kv_length: int | None = None, heads: int = 2, head_dim: int = 8,
-                image_size: tuple[int, int] = (4, 6), dtype: Any = jnp.float32) -> Example:
+                image_size: tuple[int, int] = (4, 6), clip_size: tuple[int, int] = (4, 6),
+                dtype: Any = jnp.float32) -> Example:
         """Random inputs `[batch, length, heads, head_dim]` (keys of `kv_length`, default
         `length`) with `example_options`; the last 5 keys of row 1 are padding. Global tokens
         (`global_projections`): tokens 0 and 7 of row 0 and 3 of row 1, with random global_qkv.
         In the 'image' layout q, k, v are `[batch, *image_size, heads, head_dim]` feature maps
-        (`length` and `kv_length` unused) with a random `bias_table` where the entry takes one."""
+        (`length` and `kv_length` unused) with a random `bias_table` where the entry takes one;
+        in the 'video' layout `[batch, *clip_size, heads, head_dim]` (T frames of S tokens) with
+        the last frame of row 1 padding."""
         kv_length = length if kv_length is None else kv_length
         keys = jax.random.split(rng, 8)
         if self.layout == "image":
             return self._image_example(keys, batch, image_size, heads, head_dim, dtype)
+        if self.layout == "video":
+            shape = (batch, *clip_size, heads, head_dim)
+            q, k, v = (jax.random.normal(key, shape, dtype) for key in keys[:3])
+            frame_mask = jnp.ones((batch, clip_size[0]), bool).at[1, -1].set(False)
+            return Example(q, k, v, frame_mask, dict(self.example_options), {})
         q_shape, kv_shape = (batch, length, heads, head_dim), (batch, kv_length, heads, head_dim)
         q = jax.random.normal(keys[0], q_shape, dtype)
         k = q if self.shared_qk else jax.random.normal(keys[1], kv_shape, dtype)
@@ -374,6 +398,24 @@ _MECHANISMS: dict[str, Mechanism] = {
             options=("grid", "scale"), example_options=dict(grid=2),
             keys_per_query=lambda o, length, causal: o["grid"] ** 2,
             relative_bias_option="grid", supports_causal=False),
+        Mechanism(
+            "temporal", "attnx.attention.video", "temporal_attention", "temporal_pattern",
+            layout="video", mask_kind="frame", options=("scale",), keys_per_query=_video_keys),
+        Mechanism(
+            "spatial", "attnx.attention.video", "spatial_attention", "spatial_pattern",
+            layout="video", mask_kind="frame", options=("scale",), keys_per_query=_video_keys,
+            supports_causal=False),
+        Mechanism(
+            "joint", "attnx.attention.video", "joint_attention", "joint_pattern",
+            layout="video", mask_kind="frame", options=("scale",), keys_per_query=_video_keys),
+        Mechanism(
+            "factorized_heads", "attnx.attention.video", "factorized_heads_attention",
+            "factorized_heads_pattern", layout="video", mask_kind="frame",
+            options=("temporal_heads", "scale"), keys_per_query=_video_keys),
+        Mechanism(
+            "keyframe", "attnx.attention.video", "keyframe_attention", "keyframe_pattern",
+            layout="video", mask_kind="frame", options=("key_frames", "include_self", "scale"),
+            example_options=dict(key_frames="stride:2"), keys_per_query=_video_keys),
     ]
 }
 

@@ -5,8 +5,9 @@
     python -m attnx.bench --config=configs/maxvit_imagenet.py --synthetic --config.batch_size=8
 
 Measures the median step time of the jitted, donated train step on real batches of the config's
-dataset (after a warm-up, compile time reported separately), tokens/s (examples/s for images and
-clips), and the fraction of the machine's matmul throughput it reaches (model FLOPs utilisation).
+dataset (after a warm-up, compile time reported separately), the step's temporary memory as XLA
+plans it, tokens/s (examples/s for images and clips), and the fraction of the machine's matmul
+throughput it reaches (model FLOPs utilisation).
 `--synthetic` times random batches of the shapes the dataset would serve (`data.describe`: its
 metadata, no data needed), for datasets not prepared here such as ImageNet. The peak is measured in
 the same run with a large float32 matmul. The FLOPs of sequence models (attention layers over
@@ -87,6 +88,7 @@ class TrainSetup:
     seq_len: int | None  # None for images and clips
     causal: bool  # whether the model's attention is causal (for the FLOP count)
     cost_flops: float  # XLA's cost analysis of the compiled step (scan bodies counted once)
+    temp_bytes: int | None  # the compiled step's temporary memory (None: not reported)
 
 
 def _train_setup(config, steps: int, synthetic: bool = False) -> TrainSetup:
@@ -121,8 +123,10 @@ def _train_setup(config, steps: int, synthetic: bool = False) -> TrainSetup:
     compile_s = time.perf_counter() - start
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost  # a list on older JAX
+    memory = compiled.memory_analysis()
     return TrainSetup(compiled, compile_s, state, params, batches, info.seq_len,
-                      causal=task.causal, cost_flops=float((cost or {}).get("flops", 0.0)))
+                      causal=task.causal, cost_flops=float((cost or {}).get("flops", 0.0)),
+                      temp_bytes=None if memory is None else int(memory.temp_size_in_bytes))
 
 
 def measure_config(config, *, steps: int = 10, warmup: int = 2,
@@ -152,7 +156,8 @@ def measure_config(config, *, steps: int = 10, warmup: int = 2,
         "model": config.model.name, "seq_len": setup.seq_len, "batch_size": config.batch_size,
         "synthetic": synthetic, "unit": unit, "flops_source": flops_source,
         "compile_s": setup.compile_s, "step_s": step_s, "steps_per_s": 1 / step_s,
-        f"{unit}_per_s": count / step_s, "model_tflops_per_step": flops / 1e12,
+        "temp_bytes": setup.temp_bytes, f"{unit}_per_s": count / step_s,
+        "model_tflops_per_step": flops / 1e12,
         "peak_matmul_gflops": peak / 1e9, "mfu": flops / step_s / peak,
         "final_loss": float(metrics["loss"]), "devices": jax.device_count(),
         "parameters": sum(leaf.size for leaf in jax.tree.leaves(setup.params)),
@@ -214,6 +219,7 @@ def measure_reformer_peer(config, *, steps: int = 10, warmup: int = 2) -> dict[s
 
 def format_record(record: dict[str, Any]) -> str:
     """A Markdown table of one model-level record."""
+    temp = record.get("temp_bytes")
     rows = [
         ("model", record["model"]),
         ("input", "random batches of the dataset's shapes" if record.get("synthetic")
@@ -223,6 +229,7 @@ def format_record(record: dict[str, Any]) -> str:
         ("compile", f"{record['compile_s']:.1f} s"),
         ("step time (median)", f"{record['step_s'] * 1e3:.1f} ms"),
         ("steps/s", f"{record['steps_per_s']:.2f}"),
+        ("temporary memory (XLA plan)", "-" if temp is None else f"{temp / 2**20:.1f} MiB"),
         (f"{record['unit']}/s", f"{record[record['unit'] + '_per_s']:,.0f}"),
         ("model FLOPs counted by", record["flops_source"]),
         ("model FLOPs per step", f"{record['model_tflops_per_step'] * 1e3:.1f} GFLOP"),

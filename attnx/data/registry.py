@@ -15,6 +15,7 @@ from attnx.data import (
     duplication,
     generic,
     listops,
+    moving_digits,
     pathfinder,
     pystdlib,
     seq2seq_digits,
@@ -32,12 +33,23 @@ DATASETS: dict[str, DatasetSpec] = {
     "duplication": duplication.SPEC,
     "sklearn_digits": sklearn_digits.SPEC,
     "digit_qa": digit_qa.SPEC,
+    "moving_digits": moving_digits.SPEC,
 }
 
 
 def names() -> list[str]:
     """The embedded datasets' names, sorted."""
     return sorted(DATASETS)
+
+
+def _known_to_tfds(name: str) -> bool:
+    """Whether TFDS has a builder `name`; its legacy video builders (ucf101, ...) are listed only
+    once their package is imported."""
+    if name in tfds.list_builders(with_community_datasets=False):
+        return True
+    import tensorflow_datasets.video  # noqa: F401
+
+    return name in tfds.list_builders(with_community_datasets=False)
 
 
 def get(name: str) -> DatasetSpec:
@@ -55,7 +67,7 @@ def get(name: str) -> DatasetSpec:
             f"data.name={name!r}: name the embedded dataset alone, data.name={base!r}, and its "
             "builder config in data.builder_config"
         )
-    if base not in tfds.list_builders(with_community_datasets=False):
+    if not _known_to_tfds(base):
         raise ValueError(
             f"unknown dataset data.name={name!r}: expected one of the embedded datasets "
             f"{names()} or a TFDS dataset name (see tfds.list_builders())"

@@ -2,8 +2,8 @@
 dataclass of its settings; `build` turns the `config.model` ConfigDict into a model.
 
 The data fills the settings a model cannot know from its config: `vocab_size`, `num_classes`,
-`image_shape` (whichever fields the settings dataclass declares). A model's forward for a batch
-is its task's (`attnx.tasks.get(entry.task).forward`).
+`image_shape`, `clip_shape` (whichever fields the settings dataclass declares). A model's
+forward for a batch is its task's (`attnx.tasks.get(entry.task).forward`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,17 @@ from typing import Any, Callable
 import jax.numpy as jnp
 from flax import nnx
 
-from attnx.models import cnn, longformer, lstm, maxvit, multimodal, reformer, transformer, vit
+from attnx.models import (
+    cnn,
+    longformer,
+    lstm,
+    maxvit,
+    multimodal,
+    reformer,
+    transformer,
+    video,
+    vit,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +56,8 @@ MODELS: dict[str, ModelEntry] = {
     "vit": ModelEntry("image_classification", vit.ViT, vit.ViTConfig),
     "multimodal": ModelEntry("image_text_classification", multimodal.MultimodalClassifier,
                              multimodal.MultimodalConfig),
+    "video_transformer": ModelEntry("video_classification", video.VideoTransformer,
+                                    video.VideoConfig),
 }
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -59,8 +71,8 @@ def get_entry(name: str) -> ModelEntry:
 
 def model_settings(model_config, *, dtype: str, **data_fields: Any):
     """The model's settings dataclass from `config.model` and the data's `data_fields`
-    (`vocab_size`, `num_classes`, `image_shape`; those the dataclass declares and that are not
-    None). Errors name the offending field."""
+    (`vocab_size`, `num_classes`, `image_shape`, `clip_shape`; those the dataclass declares and
+    that are not None). Errors name the offending field."""
     entry = get_entry(model_config.name)
     if dtype not in DTYPES:
         raise ValueError(f"config.dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
@@ -69,7 +81,8 @@ def model_settings(model_config, *, dtype: str, **data_fields: Any):
     unknown = sorted(set(given) - fields)
     if unknown:
         raise ValueError(f"config.model has fields {unknown} that model {model_config.name!r} does "
-                         f"not take; it takes {sorted(fields - {'vocab_size', 'image_shape', 'dtype'})}")
+                         f"not take; it takes "
+                         f"{sorted(fields - {'vocab_size', 'image_shape', 'clip_shape', 'dtype'})}")
     given.update({k: v for k, v in data_fields.items() if k in fields and v is not None},
                  dtype=DTYPES[dtype])
     for key in ("attention_options",):
