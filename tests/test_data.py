@@ -111,7 +111,7 @@ def test_default_data_config_fields_and_types():
     expected = {
         "name", "builder_config", "representation", "data_dir", "path", "seq_len", "target_len",
         "num_frames", "train_split", "eval_split", "test_split", "text_key", "label_key",
-        "image_key", "num_classes",
+        "image_key", "num_classes", "image_size", "randaugment_layers", "randaugment_magnitude",
     }
     assert set(config.keys()) == expected
     assert (config.name, config.builder_config, config.path) == ("listops", "tiny", None)
@@ -120,6 +120,7 @@ def test_default_data_config_fields_and_types():
     config.num_classes = 3
     config.representation = "image"
     config.num_frames = 8
+    config.image_size = 224
     with pytest.raises(TypeError):
         config.target_len = "long"
     with pytest.raises(TypeError):
