@@ -257,9 +257,9 @@ def test_sampling_decodes_incrementally_by_default(exact_decoder, model):
 
 def test_lsh_prefill_equals_the_full_forward_and_attention_maps_follow_the_pattern(model):
     ids = jax.random.randint(jax.random.key(5), (2, 16), 0, 20)
-    logits, _ = model.prefill(ids, T)
-    np.testing.assert_allclose(logits, model(ids), atol=2e-5)
-    maps = model.attention_maps(jnp.tile(ids[:1], (1, 2)))
+    logits, _ = nnx.jit(lambda m, x: m.prefill(x, T))(model, ids)
+    np.testing.assert_allclose(logits, nnx.jit(lambda m, x: m(x))(model, ids), atol=2e-5)
+    maps = nnx.jit(lambda m, x: m.attention_maps(x))(model, jnp.tile(ids[:1], (1, 2)))
     assert [m.shape for m in maps] == [(1, 2, T, T)] * 2
     for weights in maps:
         weights = np.asarray(weights)
