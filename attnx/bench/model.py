@@ -217,6 +217,11 @@ def measure_reformer_peer(config, *, steps: int = 10, warmup: int = 2) -> dict[s
             "torch_threads": torch.get_num_threads()}
 
 
+def _rate(per_s: float) -> str:
+    """5,512 -> '5,512'; 0.4072 -> '0.407'."""
+    return f"{per_s:,.0f}" if per_s >= 100 else f"{per_s:.3g}"
+
+
 def format_record(record: dict[str, Any]) -> str:
     """A Markdown table of one model-level record."""
     temp = record.get("temp_bytes")
@@ -230,7 +235,7 @@ def format_record(record: dict[str, Any]) -> str:
         ("step time (median)", f"{record['step_s'] * 1e3:.1f} ms"),
         ("steps/s", f"{record['steps_per_s']:.2f}"),
         ("temporary memory (XLA plan)", "-" if temp is None else f"{temp / 2**20:.1f} MiB"),
-        (f"{record['unit']}/s", f"{record[record['unit'] + '_per_s']:,.0f}"),
+        (f"{record['unit']}/s", _rate(record[record["unit"] + "_per_s"])),
         ("model FLOPs counted by", record["flops_source"]),
         ("model FLOPs per step", f"{record['model_tflops_per_step'] * 1e3:.1f} GFLOP"),
         ("matmul peak (same run)", f"{record['peak_matmul_gflops']:.1f} GFLOP/s"),
