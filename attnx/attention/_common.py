@@ -85,8 +85,8 @@ def prefix_cache(k: Array, v: Array, max_len: int) -> dict[str, Array]:
 
 
 def append_to_cache(cache: dict[str, Array], k: Array, v: Array) -> dict[str, Array]:
-    """The cache with one more token's key and value `[B, 1, N, H]` written at `cache['index']`
-    (the index is not advanced: the caller does, once the token is decoded)."""
+    """The cache with new tokens' keys and values `[B, t, N, H]` written from `cache['index']`
+    on (the index is not advanced: the caller does, once the tokens are decoded)."""
     index = cache["index"]
     return {**cache,
             "k": jax.lax.dynamic_update_slice_in_dim(cache["k"], k.astype(cache["k"].dtype),

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from attnx.attention import dense, registry
+from attnx.attention import _common, dense, registry
 
 Array = jax.Array
 
@@ -176,8 +176,8 @@ class MultiHeadAttention(nnx.Module):
             raise ValueError(f"mechanism {self.mechanism.name!r} has no key/value cache; "
                              f"mechanisms with one: {', '.join(able)}")
         index = cache["index"]
-        new_k = jax.lax.dynamic_update_slice_in_dim(cache["k"], k.astype(cache["k"].dtype), index, 1)
-        new_v = jax.lax.dynamic_update_slice_in_dim(cache["v"], v.astype(cache["v"].dtype), index, 1)
+        appended = _common.append_to_cache(cache, k, v)
+        new_k, new_v = appended["k"], appended["v"]
         tq, max_len = q.shape[1], new_k.shape[1]
         # Query t (absolute position index + t) sees cached keys 0 .. index + t.
         visible = (jnp.arange(max_len)[None, :] <= index + jnp.arange(tq)[:, None])
@@ -232,21 +232,25 @@ class MultiHeadAttention(nnx.Module):
         return self.out(out.reshape(out.shape[:2] + (-1,))), cache
 
     def pattern(self, x: Array, *, mask: Array | None = None, causal: bool = False,
-                global_mask: Array | None = None, rng: Array | None = None) -> Array:
-        """The boolean `[B, N, T, T]` pattern this layer's mechanism attends for self-attention."""
+                global_mask: Array | None = None, rng: Array | None = None,
+                options: Mapping[str, Any] | None = None) -> Array:
+        """The boolean `[B, N, T, T]` pattern this layer's mechanism attends for self-attention;
+        `options` override the layer's mechanism options (as in `prefill`)."""
         q, k, _ = self.project(x, x)
         kwargs = self.mechanism_kwargs(mask=mask, causal=causal, rng=rng, global_mask=global_mask,
                                        x_q=x)
         kwargs.pop("global_qkv", None)
-        return self.mechanism.pattern_fn(q, k, **kwargs)
+        return self.mechanism.pattern_fn(q, k, **{**kwargs, **(options or {})})
 
     def weights(self, x: Array, *, mask: Array | None = None, causal: bool = False,
-                global_mask: Array | None = None, rng: Array | None = None) -> Array:
+                global_mask: Array | None = None, rng: Array | None = None,
+                options: Mapping[str, Any] | None = None) -> Array:
         """Attention weights `[B, N, T, T]` for images: softmax restricted to the pattern.
 
         For dense attention these are exactly the weights used; for efficient mechanisms they are
         the dense equivalent of the pattern the mechanism computed (e.g. the LSH buckets).
         """
         q, k, _ = self.project(x, x)
-        allowed = self.pattern(x, mask=mask, causal=causal, global_mask=global_mask, rng=rng)
+        allowed = self.pattern(x, mask=mask, causal=causal, global_mask=global_mask, rng=rng,
+                               options=options)
         return dense.attention_weights(q, k, mask=allowed)

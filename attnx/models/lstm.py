@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from attnx.layers.feed_forward import dropout
+from attnx.layers.pool import masked_mean
 
 Array = jax.Array
 
@@ -128,7 +129,6 @@ class LSTMClassifier(nnx.Module):
         if cfg.pool == "last":
             pooled = finals
         else:
-            w = mask.astype(jnp.float32)[..., None]
-            pooled = (x.astype(jnp.float32) * w).sum(1) / jnp.maximum(w.sum(1), 1.0)
+            pooled = masked_mean(x.astype(jnp.float32), mask)
         pooled = dropout(pooled.astype(cfg.dtype), cfg.dropout_rate, rngs[-1])
         return self.head(pooled).astype(jnp.float32)

@@ -33,6 +33,7 @@ from attnx.layers.cross import CoAttention, CrossAttention, GatedCrossAttention,
 from attnx.layers.feed_forward import FeedForward
 from attnx.layers.norm import LayerNorm
 from attnx.layers.patch import PatchEmbed
+from attnx.layers.pool import masked_mean
 from attnx.models.transformer import Stack, TransformerConfig
 
 Array = jax.Array
@@ -104,12 +105,6 @@ class MultimodalConfig:
             d_ff=self.d_ff, max_len=max(self.max_len, self.num_patches),
             attention=self.attention, attention_options=self.attention_options,
             activation="gelu", dtype=self.dtype)
-
-
-def _masked_mean(x: Array, mask: Array) -> Array:
-    """x `[B, T, D]`, mask `[B, T]` -> the mean over real tokens `[B, D]`."""
-    weights = mask.astype(x.dtype)[..., None]
-    return (x * weights).sum(1) / jnp.maximum(weights.sum(1), 1.0)
 
 
 class _PreLNFeedForward(nnx.Module):
@@ -226,21 +221,21 @@ class MultimodalClassifier(nnx.Module):
         text = None if block == "image_only" else self._encode_text(question, question_mask)
         img = None if block == "text_only" else self._encode_image(image)
         if block == "text_only":
-            pooled = _masked_mean(text, question_mask)
+            pooled = masked_mean(text, question_mask)
         elif block == "image_only":
             pooled = img.mean(1)
         elif block == "cross":
             for layer in self.fusion:
                 text = layer(text, img, question_mask)
-            pooled = _masked_mean(text, question_mask)
+            pooled = masked_mean(text, question_mask)
         elif block == "co":
             for layer in self.fusion:
                 text, img = layer(text, img, question_mask)
-            pooled = jnp.concatenate([_masked_mean(text, question_mask), img.mean(1)], -1)
+            pooled = jnp.concatenate([masked_mean(text, question_mask), img.mean(1)], -1)
         elif block == "gated":
             for layer in self.fusion:
                 text = layer(text, img, x_mask=question_mask)
-            pooled = _masked_mean(text, question_mask)
+            pooled = masked_mean(text, question_mask)
         else:  # perceiver
             modality = self.modality[...].astype(text.dtype)
             tokens = jnp.concatenate([text + modality[0], img + modality[1]], 1)

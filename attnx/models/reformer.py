@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from attnx.attention import dense, registry
+from attnx.attention import registry
 from attnx.layers.attention import MultiHeadAttention
 from attnx.layers.axial import AxialPosition
 from attnx.layers.feed_forward import ACTIVATIONS, ChunkedFeedForward, FeedForward, dropout
@@ -128,13 +128,7 @@ class AttentionBranch(nnx.Module):
     def weights(self, x: Array) -> Array:
         """Evaluation's attention weights `[B, N, T, T]`: the dense equivalent of the pattern
         (LSH: the keys sharing a sorted chunk; local: the band of chunks)."""
-        h = self.norm(x)
-        attn = self.attention
-        q, k, _ = attn.project(h, h)
-        kwargs = attn.mechanism_kwargs(mask=None, causal=True, rng=None, global_mask=None, x_q=h)
-        kwargs.pop("global_qkv", None)
-        allowed = attn.mechanism.pattern_fn(q, k, **{**kwargs, **self.eval_options})
-        return dense.attention_weights(q, k, mask=allowed)
+        return self.attention.weights(self.norm(x), causal=True, options=self.eval_options)
 
     def __call__(self, x: Array, *, rng: Array | None = None) -> Array:
         h = self.norm(x)

@@ -18,6 +18,7 @@ from attnx.attention import registry
 from attnx.layers.attention import MultiHeadAttention, init_cache
 from attnx.layers.feed_forward import FeedForward, dropout
 from attnx.layers.norm import LayerNorm
+from attnx.layers.pool import masked_mean
 from attnx.layers.position import make_position
 
 Array = jax.Array
@@ -253,8 +254,7 @@ class EncoderClassifier(nnx.Module):
         if self.cfg.pool == "cls":
             pooled = x[:, 0]
         else:
-            w = mask.astype(x.dtype)[..., None]
-            pooled = (x * w).sum(1) / jnp.maximum(w.sum(1), 1.0)
+            pooled = masked_mean(x, mask)
         return self.head(pooled).astype(jnp.float32)
 
 

@@ -35,6 +35,7 @@ from attnx.attention import video
 from attnx.layers.feed_forward import FeedForward, dropout
 from attnx.layers.norm import LayerNorm
 from attnx.layers.patch import TubeletEmbed
+from attnx.layers.pool import masked_mean
 from attnx.layers.video import VideoSelfAttention, learned_key_frames
 
 Array = jax.Array
@@ -154,14 +155,6 @@ class Block(nnx.Module):
         return x + dropout(y, self.dropout_rate, rngs[-1])
 
 
-def _masked_mean(x: Array, frame_mask: Array) -> Array:
-    """Mean of x `[B, T, ..., D]` over every axis but the first and last, real frames only."""
-    weights = frame_mask.astype(x.dtype).reshape(frame_mask.shape + (1,) * (x.ndim - 3))
-    weights = jnp.broadcast_to(weights, x.shape[:-1])
-    total = jnp.sum(x * weights[..., None], axis=tuple(range(1, x.ndim - 1)))
-    return total / jnp.maximum(weights.sum(axis=tuple(range(1, weights.ndim))), 1.0)[:, None]
-
-
 class VideoTransformer(nnx.Module):
     """clip `[B, T, H, W, C]` float, frame_mask `[B, T]` -> logits `[B, num_classes]` (float32)."""
 
@@ -210,5 +203,5 @@ class VideoTransformer(nnx.Module):
             for i, block in enumerate(self.temporal_blocks):
                 x = block(x, tubes, rng=None if rng is None else jax.random.fold_in(rngs[2], i))
         x = self.norm(x)
-        pooled = _masked_mean(x[:, :, 0] if self.cls is not None else x, tubes)
+        pooled = masked_mean(x[:, :, 0] if self.cls is not None else x, tubes)
         return self.head(pooled).astype(jnp.float32)
