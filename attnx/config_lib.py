@@ -180,6 +180,16 @@ def lra_classifier(model: str, attention: str, seq_len: int,
         **sizes)
 
 
+# The mechanisms LRA compares (registry names), each with its `attention_options` defaults.
+LRA_MECHANISMS = ("dense", "flash", "lsh", "local", "longformer")
+
+
+def lra_comparison() -> list[dict[str, str]]:
+    """The LRA configs' `get_sweep`: one run per mechanism of `LRA_MECHANISMS`
+    (`:attention=<name>`), then the LSTM baseline (`:model=lstm`)."""
+    return [{":attention": name} for name in LRA_MECHANISMS] + [{":model": "lstm"}]
+
+
 def video_training(config: ml_collections.ConfigDict, *, smoke: bool, ucf101: bool) -> None:
     """Data and schedule of the video configs (configs/video_*.py) on `moving_digits`: the
     `small` clips (8 frames of 16 x 16), batch 32, AdamW lr 2e-3, 1,000 steps (50 warmup,

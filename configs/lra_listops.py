@@ -31,11 +31,8 @@ Its runs are `runs/lra_listops_sweep/attention=dense`, ..., `runs/lra_listops_sw
 (`--workdir` to choose), compared in `runs/lra_listops_sweep/summary.md` by validation accuracy.
 """
 
-from attnx import config_lib, sweep
+from attnx import config_lib
 from attnx.data import default_data_config
-
-# The mechanisms LRA compares (registry names), each with its `lra` preset options.
-MECHANISMS = ("dense", "flash", "lsh", "local", "longformer")
 
 
 def get_config(arg: str | None = None):
@@ -67,7 +64,8 @@ def get_config(arg: str | None = None):
 
 
 def get_sweep(arg: str | None = None):
-    """One run per mechanism of `MECHANISMS` (`:attention=<name>`), then the LSTM baseline
-    (`:model=lstm`); `arg` (the `--config` argument, e.g. `smoke`) is shared by every run."""
+    """One run per mechanism of `config_lib.LRA_MECHANISMS` (`:attention=<name>`), then the LSTM
+    baseline (`:model=lstm`); `arg` (the `--config` argument, e.g. `smoke`) is shared by every
+    run."""
     del arg  # the same comparison for every variant
-    return sweep.chain(sweep.axis(":attention", MECHANISMS), [{":model": "lstm"}])
+    return config_lib.lra_comparison()

@@ -23,6 +23,11 @@ size * size pixel tokens (intensity + 1) in raster order. Arguments:
 The default is the CPU budget of `experiments/lra`: the `small_<size>_<difficulty>` builder
 (2,000 training images), 1 layer of width 32 (2 heads, d_ff 64), mean pooling, batch 32, 600 steps
 (lr 1e-3, 60 warmup steps, cosine), evaluating the whole validation split every 120 steps.
+
+Sweep (`get_sweep`): the mechanism comparison of `experiments/lra`, one run per mechanism of
+`config_lib.LRA_MECHANISMS` and the LSTM, on whatever variant `--config` names:
+
+    python -m attnx.sweep --config=configs/lra_pathfinder.py --parallel=2   # 6 runs
 """
 
 from attnx import config_lib
@@ -62,3 +67,9 @@ def get_config(arg: str | None = None):
     config.model = config_lib.lra_classifier(arg.model, arg.attention, config.data.seq_len,
                                              **sizes)
     return config
+
+
+def get_sweep(arg: str | None = None):
+    """The LRA comparison (`config_lib.lra_comparison`), the same for every variant `arg`."""
+    del arg
+    return config_lib.lra_comparison()
