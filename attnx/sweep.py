@@ -28,13 +28,16 @@ times the `--sweep` axes of the command line. A key is either
 `axis`, `product`, `zipped` and `chain` below build the lists. Each run's directory is named from
 its overrides (`WORKDIR/:attention=lsh,seed=1` is `WORKDIR/attention=lsh,seed=1`); everything
 wrong with the grid (an unknown key, a value of the wrong type, an empty grid, two runs with the
-same name or the same resolved config) is a ValueError before any run starts. Re-running the
-sweep command skips finished runs (a checkpoint at `num_train_steps`) and resumes the others.
+same name or the same resolved config) is a ValueError before any run starts. With
+`--test_split=test`, a run's best validation checkpoint is then evaluated on that split (the
+trainer's `--mode=eval`, in the same slot). Re-running the sweep command skips finished runs (a
+checkpoint at `num_train_steps`, and the test evaluation if asked for) and resumes the others.
 
 `WORKDIR/sweep.json` records the runs; at the end of a local sweep, or with `--summarize`, each
-run's final and best `eval/<metric>` are read from its TensorBoard events into `summary.md` and
-`summary.csv` (runs that differ only in `seed` also get mean ± std), `summary.png` and
-`curves.png` in WORKDIR, and TensorBoard's HParams dashboard for `tensorboard --logdir WORKDIR`.
+run's final and best `eval/<metric>` are read from its TensorBoard events (and its test metric
+from `eval_<split>.json`) into `summary.md` and `summary.csv` (runs that differ only in `seed`
+also get mean ± std), `summary.png` and `curves.png` in WORKDIR, and TensorBoard's HParams
+dashboard for `tensorboard --logdir WORKDIR`.
 """
 
 from __future__ import annotations
@@ -150,6 +153,12 @@ class Run:
     num_train_steps: int
     best_metric: str
     best_mode: str
+    test_split: str | None = None  # evaluate the best validation checkpoint on it when trained
+
+    @property
+    def test_command(self) -> tuple[str, ...]:
+        """The trainer's `--mode=eval` command on `test_split` (writes `eval_<split>.json`)."""
+        return (*self.command, "--mode=eval", f"--split={self.test_split}")
 
 
 def load_module(path: str) -> ModuleType:
@@ -277,9 +286,11 @@ def _resolve(get_config, base_arg: str, entry: Entry, shared: dict[str, Any],
 
 
 def expand(config_flag: str, entries: Sequence[Entry], *, workdir: str,
-           shared: dict[str, Any] | None = None, python: str = sys.executable) -> list[Run]:
+           shared: dict[str, Any] | None = None, python: str = sys.executable,
+           test_split: str | None = None) -> list[Run]:
     """The runs of `entries` on `config_flag` (`configs/x.py[:arg]`), each in `workdir/<name>`,
-    with the field overrides `shared` (`--config.k=v` of the sweep command) applied to all.
+    with the field overrides `shared` (`--config.k=v` of the sweep command) applied to all; with
+    `test_split`, each run's best validation checkpoint is then evaluated on that split.
 
     Raises:
       ValueError, before anything runs: an empty grid; an entry that is not a dict; an unknown
@@ -323,7 +334,7 @@ def expand(config_flag: str, entries: Sequence[Entry], *, workdir: str,
         runs.append(Run(name=name, entry=entry, config_flag=run_flag, overrides=overrides,
                         changes=changes, workdir=run_dir, command=command,
                         num_train_steps=config.num_train_steps, best_metric=config.best_metric,
-                        best_mode=config.best_mode))
+                        best_mode=config.best_mode, test_split=test_split))
     return runs
 
 
@@ -358,17 +369,44 @@ def trained_steps(workdir: str) -> int | None:
     return max(steps) if steps else None
 
 
-def is_finished(run: Run) -> bool:
+def is_trained(run: Run) -> bool:
     steps = trained_steps(run.workdir)
     return steps is not None and steps >= run.num_train_steps
 
 
+def test_result(run: Run) -> dict[str, Any] | None:
+    """The run's `eval_<test_split>.json` (the checkpoint, its step and the metrics), or None
+    (no test split, or not evaluated yet)."""
+    if run.test_split is None:
+        return None
+    path = os.path.join(run.workdir, f"eval_{run.test_split}.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def commands_left(run: Run) -> list[tuple[str, ...]]:
+    """What the run still has to do: its trainer command (train or resume) unless trained, then
+    its test evaluation unless done (or no test split)."""
+    left = [] if is_trained(run) else [run.command]
+    if run.test_split is not None and (left or test_result(run) is None):
+        left.append(run.test_command)
+    return left
+
+
+def is_finished(run: Run) -> bool:
+    return not commands_left(run)
+
+
 def status(run: Run) -> str:
-    """'finished', 'step k/n' (resumes from k) or 'new'."""
+    """'finished', 'trained, <split> pending', 'step k/n' (resumes from k) or 'new'."""
     steps = trained_steps(run.workdir)
     if steps is None:
         return "new"
-    return "finished" if steps >= run.num_train_steps else f"step {steps}/{run.num_train_steps}"
+    if steps < run.num_train_steps:
+        return f"step {steps}/{run.num_train_steps}"
+    return "finished" if is_finished(run) else f"trained, {run.test_split} pending"
 
 
 def read_scalars(workdir: str, tag: str) -> dict[int, float]:
@@ -416,8 +454,16 @@ def summary_rows(runs: Sequence[Run], metric: str, mode: str) -> list[dict[str, 
                     f"final {metric}": None if found is None else found["final"],
                     f"best {metric}": None if found is None else found["best"],
                     "best step": None if found is None else found["best_step"]})
+        if run.test_split is not None:
+            tested = test_result(run)
+            row[f"{run.test_split} {metric}"] = None if tested is None else tested.get(metric)
         rows.append(row)
     return _sorted(rows, f"best {metric}", mode)
+
+
+def _metric_columns(row: dict[str, Any], metric: str) -> list[str]:
+    """The columns of `row` that hold `metric`: final, best, and the test split's if any."""
+    return [k for k in row if k.endswith(f" {metric}")]
 
 
 def _sorted(rows: list[dict[str, Any]], column: str, mode: str) -> list[dict[str, Any]]:
@@ -428,8 +474,8 @@ def _sorted(rows: list[dict[str, Any]], column: str, mode: str) -> list[dict[str
 def seed_groups(rows: Sequence[dict[str, Any]], metric: str,
                 mode: str) -> list[dict[str, Any]] | None:
     """With `seed` among the swept keys: one row per group of runs that differ only in their
-    seed, with the number of seeds evaluated and the mean and standard deviation (n - 1) of the
-    final and best `metric` over them, best mean first; otherwise None."""
+    seed, with its seeds and the mean and standard deviation (n - 1) over them of the final and
+    best `metric` (and the test split's, if evaluated), best mean first; otherwise None."""
     if "seed" not in rows[0]:
         return None
     keys = list(rows[0])[1:list(rows[0]).index("status")]
@@ -442,12 +488,12 @@ def seed_groups(rows: Sequence[dict[str, Any]], metric: str,
         out = {"runs": ",".join(f"{k}={v}" for k, v in zip(others, values) if v) or "all"}
         out.update(zip(others, values))
         out["seeds"] = ",".join(r["seed"] for r in members)
-        for which in ("final", "best"):
-            found = [r[f"{which} {metric}"] for r in members if r[f"{which} {metric}"] is not None]
+        for column in _metric_columns(rows[0], metric):
+            found = [r[column] for r in members if r[column] is not None]
             mean = sum(found) / len(found) if found else None
             std = ((sum((v - mean) ** 2 for v in found) / (len(found) - 1)) ** 0.5
                    if len(found) > 1 else None)
-            out[f"{which} {metric} mean"], out[f"{which} {metric} std"] = mean, std
+            out[f"{column} mean"], out[f"{column} std"] = mean, std
         table.append(out)
     return _sorted(table, f"best {metric} mean", mode)
 
@@ -492,23 +538,29 @@ def summary_metric(runs: Sequence[Run], metric: str | None,
 
 def plot_metric(path: str, rows: Sequence[dict[str, Any]], groups: Sequence[dict[str, Any]] | None,
                 metric: str, mode: str) -> None:
-    """A bar per run (or per seed group, with its standard deviation) of the best `metric`."""
+    """A bar per run (or per seed group, with its standard deviation) of the best validation
+    `metric`, and beside it the test split's where the runs were evaluated on one."""
     import matplotlib
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    if groups:
-        labels = [g["runs"] for g in groups]
-        values = [g[f"best {metric} mean"] for g in groups]
-        errors = [g[f"best {metric} std"] or 0.0 for g in groups]
-    else:
-        labels, values, errors = [r["run"] for r in rows], [r[f"best {metric}"] for r in rows], None
-    values = [float("nan") if v is None else v for v in values]
-    figure, ax = plt.subplots(figsize=(8, 0.5 * len(labels) + 1.5))
-    ax.barh(range(len(labels)), values, xerr=errors, capsize=3)
+    table, suffix = (groups, " mean") if groups else (rows, "")
+    labels = [t["runs"] if groups else t["run"] for t in table]
+    columns = [c for c in _metric_columns(rows[0], metric) if not c.startswith("final ")]
+    height = 0.8 / len(columns)
+    figure, ax = plt.subplots(figsize=(8, 0.5 * len(labels) * len(columns) + 1.5))
+    for i, column in enumerate(columns):
+        values = [float("nan") if t[column + suffix] is None else t[column + suffix]
+                  for t in table]
+        errors = [t[f"{column} std"] or 0.0 for t in table] if groups else None
+        offset = (i - (len(columns) - 1) / 2) * height
+        ax.barh([y + offset for y in range(len(labels))], values, height, xerr=errors,
+                capsize=3, label=column.replace("best ", "best validation "))
     ax.set_yticks(range(len(labels)), labels, fontsize=8)
     ax.invert_yaxis()  # best first, as in the table
-    ax.set_xlabel(f"best eval/{metric} ({'lower' if mode == 'min' else 'higher'} is better)"
+    if len(columns) > 1:
+        ax.legend(fontsize=8)
+    ax.set_xlabel(f"{metric} ({'lower' if mode == 'min' else 'higher'} is better)"
                   + (", mean ± std over seeds" if groups else ""))
     figure.tight_layout()
     figure.savefig(path, dpi=100)
@@ -539,8 +591,9 @@ def plot_curves(path: str, runs: Sequence[Run], metric: str) -> None:
 def write_hparams(workdir: str, runs: Sequence[Run], metric: str, mode: str) -> None:
     """Declare the HParams dashboard of `tensorboard --logdir WORKDIR`: its columns are the
     config fields the runs change, its metrics final `eval/<metric>`, `eval/loss` and
-    `train/loss`, and the best `eval/<metric>` (written to each run's `tensorboard/sweep/`, in
-    the metric group `sweep`) — each run's own HParams (its whole config) give the values."""
+    `train/loss`, and the best `eval/<metric>` and, with a test split, `<split>/<metric>` of
+    the checkpoint evaluated on it (written to each run's `tensorboard/sweep/`, in the metric
+    group `sweep`) — each run's own HParams (its whole config) give the values."""
     from attnx.summary import SummaryWriter
 
     changed: dict[str, Any] = {}
@@ -550,15 +603,20 @@ def write_hparams(workdir: str, runs: Sequence[Run], metric: str, mode: str) -> 
     for run in runs:
         logdir = os.path.join(run.workdir, "tensorboard", "sweep")
         shutil.rmtree(logdir, ignore_errors=True)
-        found = read_metric(run.workdir, metric, mode)
-        if found is not None:
+        found, tested = read_metric(run.workdir, metric, mode), test_result(run)
+        if found is not None or tested is not None:
             writer = SummaryWriter(logdir, enabled=True)
-            writer.scalars(found["best_step"], {f"best/eval/{metric}": found["best"]})
+            if found is not None:
+                writer.scalars(found["best_step"], {f"best/eval/{metric}": found["best"]})
+            if tested is not None and metric in tested:
+                writer.scalars(tested["step"], {f"{run.test_split}/{metric}": tested[metric]})
             writer.close()
     logdir = os.path.join(workdir, "hparams")
     shutil.rmtree(logdir, ignore_errors=True)
     writer = SummaryWriter(logdir, enabled=True)
-    writer.experiment(changed, [(tag, "") for tag in tags] + [(f"best/eval/{metric}", "sweep")])
+    splits = dict.fromkeys(run.test_split for run in runs if run.test_split is not None)
+    writer.experiment(changed, [(tag, "") for tag in tags] + [(f"best/eval/{metric}", "sweep")]
+                      + [(f"{split}/{metric}", "sweep") for split in splits])
     writer.close()
 
 
@@ -609,19 +667,20 @@ def _available_cores() -> list[int]:
     return list(range(os.cpu_count() or 1))
 
 
-def _start(run: Run, cores: tuple[int, ...]) -> tuple[subprocess.Popen, TextIO]:
-    """Start the run's trainer command, pinned to `cores`, appending to `<workdir>/train.log`.
+def _start(run: Run, command: tuple[str, ...],
+           cores: tuple[int, ...]) -> tuple[subprocess.Popen, TextIO]:
+    """Start one of the run's commands, pinned to `cores`, appending to `<workdir>/train.log`.
 
     In a session of its own, so that a Ctrl-C in the terminal reaches only the sweep, which then
     sends each trainer exactly one SIGTERM (a second signal would cut short its final save)."""
     os.makedirs(run.workdir, exist_ok=True)
     log = open(os.path.join(run.workdir, "train.log"), "a")
     log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} on cores {list(cores)}: "
-              f"{shlex.join(run.command)}\n")
+              f"{shlex.join(command)}\n")
     log.flush()
     env = dict(os.environ, **{var: str(len(cores)) for var in _THREAD_VARS})
     pin = (lambda: os.sched_setaffinity(0, cores)) if hasattr(os, "sched_setaffinity") else None
-    process = subprocess.Popen(run.command, stdout=log, stderr=subprocess.STDOUT,
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
                                stdin=subprocess.DEVNULL, env=env, preexec_fn=pin,
                                start_new_session=True)
     return process, log
@@ -650,7 +709,9 @@ class _Stop(Exception):
 def run_local(runs: Sequence[Run], *, parallel: int, out: TextIO | None = None,
               poll_s: float = 0.2) -> dict[str, int]:
     """Run the unfinished `runs` here, at most `parallel` at a time, each pinned to its share of
-    the cores (`core_shares`) with its thread pools sized to it; finished runs are skipped.
+    the cores (`core_shares`) with its thread pools sized to it; finished runs are skipped. A
+    run's commands (`commands_left`: training, then its test evaluation) go one after the other
+    on the same cores.
 
     Prints a line when a run starts, ends or fails (with its log path) and a progress line
     (done / running / failed / waiting, ETA); a failed run does not stop the others. Ctrl-C or
@@ -664,7 +725,9 @@ def run_local(runs: Sequence[Run], *, parallel: int, out: TextIO | None = None,
     waiting = _unfinished(runs, say)
     shares = core_shares(_available_cores(), parallel)
     free = list(range(parallel))
-    running: dict[str, tuple[Run, subprocess.Popen, TextIO, int, float]] = {}
+    # name -> (run, its process, its log, its slot, its start time, the commands after this one)
+    running: dict[str, tuple[Run, subprocess.Popen, TextIO, int, float,
+                             list[tuple[str, ...]]]] = {}
     codes: dict[str, int] = {}
     durations: list[float] = []
 
@@ -686,16 +749,21 @@ def run_local(runs: Sequence[Run], *, parallel: int, out: TextIO | None = None,
                 raise _Stop(f"received signal {signals[0]}")
             while waiting and free:
                 run, slot = waiting.pop(0), free.pop(0)
-                process, log = _start(run, shares[slot])
-                running[run.name] = (run, process, log, slot, time.monotonic())
+                first, *rest = commands_left(run)
+                process, log = _start(run, first, shares[slot])
+                running[run.name] = (run, process, log, slot, time.monotonic(), rest)
                 say(f"start {run.name} on cores {','.join(map(str, shares[slot]))} "
                     f"(log {log.name})")
                 progress()
-            for name, (run, process, log, slot, start) in list(running.items()):
+            for name, (run, process, log, slot, start, rest) in list(running.items()):
                 code = process.poll()
                 if code is None:
                     continue
                 log.close()
+                if code == 0 and rest:
+                    process, log = _start(run, rest[0], shares[slot])
+                    running[name] = (run, process, log, slot, start, rest[1:])
+                    continue
                 del running[name]
                 free.append(slot)
                 codes[name] = code
@@ -708,9 +776,9 @@ def run_local(runs: Sequence[Run], *, parallel: int, out: TextIO | None = None,
             time.sleep(poll_s)
     except (KeyboardInterrupt, _Stop):
         say(f"stopping {len(running)} running run(s); re-run the sweep command to resume them")
-        for _, process, _, _, _ in running.values():
+        for _, process, _, _, _, _ in running.values():
             process.send_signal(signal.SIGTERM)
-        for _, process, log, _, _ in running.values():
+        for _, process, log, _, _, _ in running.values():
             process.wait()
             log.close()
         raise
@@ -724,8 +792,9 @@ def run_local(runs: Sequence[Run], *, parallel: int, out: TextIO | None = None,
 
 
 class TrainerJob:
-    """What a submitit job runs: the run's trainer command, in `cwd`, appending to its
-    `train.log`, with its thread pools sized to `threads` cores.
+    """What a submitit job runs: the run's commands left (`commands_left`: its trainer command,
+    then its test evaluation), in `cwd`, appending to its `train.log`, with its thread pools
+    sized to `threads` cores.
 
     submitit calls `checkpoint` (on task 0) when SLURM signals the end of the time limit or a
     preemption: the trainer gets SIGTERM, keeps its last complete checkpoint, and the job is
@@ -742,20 +811,21 @@ class TrainerJob:
         os.makedirs(self.run.workdir, exist_ok=True)
         log_path = os.path.join(self.run.workdir, "train.log")
         env = dict(os.environ, **{var: str(self.threads) for var in _THREAD_VARS})
-        with open(log_path, "a") as log:
-            log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} (submitit job): "
-                      f"{shlex.join(self.run.command)}\n")
-            log.flush()
-            self._process = subprocess.Popen(
-                self.run.command, cwd=self.cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                preexec_fn=lambda: signal.signal(signal.SIGUSR2, signal.SIG_IGN))
-            # poll, not wait(): `checkpoint` may run (in a signal handler) meanwhile.
-            while (code := self._process.poll()) is None:
-                time.sleep(1.0)
-        if code:
-            raise RuntimeError(f"run {self.run.name} failed (exit code {code}); its log: "
-                               f"{log_path}")
+        for command in commands_left(self.run):
+            with open(log_path, "a") as log:
+                log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} (submitit job): "
+                          f"{shlex.join(command)}\n")
+                log.flush()
+                self._process = subprocess.Popen(
+                    command, cwd=self.cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    preexec_fn=lambda: signal.signal(signal.SIGUSR2, signal.SIG_IGN))
+                # poll, not wait(): `checkpoint` may run (in a signal handler) meanwhile.
+                while (code := self._process.poll()) is None:
+                    time.sleep(1.0)
+            if code:
+                raise RuntimeError(f"run {self.run.name} failed (exit code {code}); its log: "
+                                   f"{log_path}")
 
     def checkpoint(self) -> Any:
         import submitit
@@ -849,6 +919,8 @@ def _plan(runs: Sequence[Run]) -> str:
     lines = [f"{len(runs)} run(s):"]
     for run in runs:
         lines += [f"{run.name}  [{status(run)}]", f"  {shlex.join(run.command)}"]
+        if run.test_split is not None:
+            lines.append(f"  then {shlex.join(run.test_command)}")
         lines += [f"  {key}: {old!r} -> {new!r}" for key, (old, new) in run.changes.items()]
     return "\n".join(lines)
 
@@ -870,6 +942,9 @@ def _define_flags() -> None:
                       "processes here, waited for.")
     flags.DEFINE_integer("parallel", 1, "Runs at once: local worker processes (each pinned to "
                          "its share of the cores), or the SLURM array's running-task limit.")
+    flags.DEFINE_string("test_split", None, "After training, evaluate each run's best validation "
+                        "checkpoint on this split (the trainer's --mode=eval, writing "
+                        "eval_<split>.json); the summary adds its metric.")
     flags.DEFINE_boolean("dry_run", False, "Print each run's status, command and config "
                          "differences, and exit.")
     flags.DEFINE_boolean("summarize", False, "Only write and print the summary table of "
@@ -933,7 +1008,8 @@ def main(argv: list[str]) -> None:
                              f"{os.path.splitext(path)[0]}_sweep.py): give --sweep=KEY=V1,V2")
     grid = product(*([declared] if declared is not None else []),
                    *(parse_axis(text) for text in FLAGS.sweep))
-    runs = expand(FLAGS.config, grid, workdir=workdir, shared=shared)
+    runs = expand(FLAGS.config, grid, workdir=workdir, shared=shared,
+                  test_split=FLAGS.test_split)
     if FLAGS.dry_run:
         print(_plan(runs))
         return

@@ -664,8 +664,10 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
     _log(f"{which} checkpoint (step {step}) on {split}: "
          + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, f"eval_{split}.json"), "w") as f:
+        path = os.path.join(workdir, f"eval_{split}.json")
+        with open(path + ".tmp", "w") as f:  # whole or absent: a sweep reads it as "done"
             json.dump({"checkpoint": which, "step": step, "split": split, **metrics}, f, indent=2)
+        os.replace(path + ".tmp", path)
     return metrics
 
 

@@ -153,6 +153,44 @@ def test_local_launcher_pins_workers_skips_finished_and_reports_failures(tmp_pat
     assert sweep.core_shares([0, 1], 3) == [(0,), (1,), (0,)]
 
 
+TRAIN_THEN_TEST = """
+import json, os, sys
+workdir = sys.argv[1]
+if '--mode=eval' in sys.argv:
+    assert os.path.isdir(os.path.join(workdir, 'checkpoints', '5')), 'evaluated before trained'
+    split = sys.argv[-1].removeprefix('--split=')
+    json.dump({'checkpoint': 'best', 'step': 5, 'split': split, 'loss': float(sys.argv[2])},
+              open(os.path.join(workdir, f'eval_{split}.json'), 'w'))
+else:
+    os.makedirs(os.path.join(workdir, 'checkpoints', '5'))
+"""
+
+
+def test_test_split_evaluates_each_run_after_training_and_only_once(tmp_path, capsys):
+    runs = [dataclasses.replace(_stand_in(tmp_path, f"r{i}", ""), entry={"seed": i},
+                                test_split="test",
+                                command=(sys.executable, "-c", TRAIN_THEN_TEST,
+                                         str(tmp_path / f"r{i}"), str(loss)))
+            for i, loss in enumerate([2.0, 1.0, 4.0])]
+    os.makedirs(os.path.join(runs[2].workdir, "checkpoints", "5"))  # trained, not yet tested
+    assert [sweep.status(r) for r in runs] == ["new", "new", "trained, test pending"]
+    assert sweep.commands_left(runs[0]) == [runs[0].command, runs[0].test_command]
+    assert sweep.commands_left(runs[2]) == [runs[2].test_command]
+    assert runs[0].test_command[-2:] == ("--mode=eval", "--split=test")
+    assert sweep.run_local(runs, parallel=2, poll_s=0.05) == {"r0": 0, "r1": 0, "r2": 0}
+    assert capsys.readouterr().out.count("done r") == 3
+    logs = [open(os.path.join(r.workdir, "train.log")).read() for r in runs]
+    assert [log.count("\n=== ") for log in logs] == [2, 2, 1]  # train, then test; r2 only test
+    assert all(log.rstrip().endswith("--mode=eval --split=test") for log in logs)
+    assert [sweep.status(r) for r in runs] == ["finished"] * 3
+    assert sweep.run_local(runs, parallel=2, poll_s=0.05) == {}  # nothing left to do
+    rows = sweep.summary_rows(runs, "loss", "min")
+    assert [(r["run"], r["test loss"]) for r in rows] == [("r0", 2.0), ("r1", 1.0), ("r2", 4.0)]
+    groups = sweep.seed_groups(rows, "loss", "min")
+    assert groups[0]["test loss mean"] == pytest.approx(7 / 3)
+    assert groups[0]["test loss std"] == pytest.approx(1.5275, abs=1e-4)
+
+
 STOPPABLE = """
 import os, signal, sys, time
 def stop(signum, frame):
@@ -197,7 +235,7 @@ ENV = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one device pe
 
 def _sweep_command(data_dir, workdir, axis, *extra):
     return [sys.executable, "-m", "attnx.sweep", f"--config={LM}:smoke", f"--workdir={workdir}",
-            "--noconfig_sweep", f"--sweep={axis}", *extra,
+            "--noconfig_sweep", f"--sweep={axis}", "--test_split=test", *extra,
             *(f"--config.{k}={v}" for k, v in {**TINY, "data.data_dir": data_dir}.items())]
 
 
@@ -235,7 +273,8 @@ def test_killed_sweep_reruns_only_its_unfinished_run(lr_sweep):
     assert f"start {LR_RUNS[1]} on cores" in out and f"done {LR_RUNS[1]} in" in out
     assert "sweep: 1 done, 0 running, 0 failed, 0 waiting" in out
     log = open(os.path.join(workdir, LR_RUNS[0], "train.log")).read()
-    assert log.count("\n=== ") == 1  # its trainer was started once
+    assert log.count("\n=== ") == 2  # its trainer was started once, then its test evaluation
+    assert log.count("--mode=eval --split=test\n") == 1
     for name in LR_RUNS:
         assert sorted(os.listdir(os.path.join(workdir, name, "checkpoints"))) == ["3", "6"]
 
@@ -249,6 +288,11 @@ def test_sweep_summary_table_csv_and_plots(lr_sweep, data_dir):
     assert all(r["status"] == "finished" and r["best step"] in ("3", "6") for r in rows)
     best = [float(r["best bits_per_byte"]) for r in rows]
     assert best == sorted(best) and all(0 < b < 9 for b in best)
+    for row in rows:  # the best validation checkpoint, evaluated on the test split
+        tested = json.load(open(os.path.join(workdir, row["run"], "eval_test.json")))
+        assert (tested["checkpoint"], str(tested["step"])) == ("best", row["best step"])
+        assert float(row["test bits_per_byte"]) == pytest.approx(tested["bits_per_byte"])
+        assert 0 < tested["bits_per_byte"] < 9
     assert open(os.path.join(workdir, "summary.md")).read().count("| optimizer.learning_rate=") == 2
     for png in ("summary.png", "curves.png"):
         with open(os.path.join(workdir, png), "rb") as f:
@@ -303,7 +347,7 @@ def test_hparams_dashboard_compares_every_run(lr_sweep):
     assert [h["name"] for h in experiment["hparamInfos"]] == ["optimizer.learning_rate"]
     assert [(m["name"]["tag"], m["name"].get("group", "")) for m in experiment["metricInfos"]] == [
         ("eval/bits_per_byte", ""), ("eval/loss", ""), ("train/loss", ""),
-        ("best/eval/bits_per_byte", "sweep")]
+        ("best/eval/bits_per_byte", "sweep"), ("test/bits_per_byte", "sweep")]
     assert sorted(groups) == [f"{name}/tensorboard" for name in LR_RUNS]
     rows = {r["run"]: r for r in csv.DictReader(open(os.path.join(workdir, "summary.csv")))}
     for name, lr in zip(LR_RUNS, (1e-3, 3e-3)):
@@ -311,9 +355,10 @@ def test_hparams_dashboard_compares_every_run(lr_sweep):
         assert hparams["optimizer.learning_rate"] == pytest.approx(lr)
         assert hparams["num_train_steps"] == 6  # each run's whole config
         assert set(metrics) == {"eval/bits_per_byte", "eval/loss", "train/loss",
-                                "best/eval/bits_per_byte"}
-        assert metrics["best/eval/bits_per_byte"] == pytest.approx(
-            float(rows[name]["best bits_per_byte"]), abs=1e-4)
+                                "best/eval/bits_per_byte", "test/bits_per_byte"}
+        for tag, column in (("best/eval/bits_per_byte", "best bits_per_byte"),
+                            ("test/bits_per_byte", "test bits_per_byte")):
+            assert metrics[tag] == pytest.approx(float(rows[name][column]), abs=1e-4)
 
 
 def test_submitit_local_executor_runs_jobs_and_reports_the_failing_one(data_dir, tmp_path):
@@ -329,7 +374,9 @@ def test_submitit_local_executor_runs_jobs_and_reports_the_failing_one(data_dir,
     assert f"its log: {bad}/train.log" in result.stdout
     assert "model.num_heads=3 must divide model.d_model=32" in open(f"{bad}/train.log").read()
     assert sorted(os.listdir(os.path.join(ok, "checkpoints"))) == ["3", "6"]
-    assert "(submitit job)" in open(f"{ok}/train.log").read()
+    assert open(f"{ok}/train.log").read().count("(submitit job)") == 2  # train, then test
+    assert json.load(open(f"{ok}/eval_test.json"))["split"] == "test"
+    assert not os.path.exists(f"{bad}/eval_test.json")
     assert "| model.num_heads=2 | 2 | finished |" in result.stdout
     assert "1 run(s) failed: model.num_heads=3" in result.stderr
 
