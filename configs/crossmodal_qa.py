@@ -55,3 +55,11 @@ def get_config(arg: str | None = None):
         attention="dense", attention_options=ml_collections.ConfigDict(),
         cross_attention=arg.cross_attention, cross_attention_options=options, **sizes))
     return config
+
+
+def get_sweep(arg: str | None = None):
+    """The rows of experiments/crossmodal: each fusion block (co-attention also with one shared
+    module), then the two single-modality baselines."""
+    del arg
+    return ([{":block": "cross"}, {":block": "co"}, {":block": "co", ":shared": True}]
+            + [{":block": block} for block in ("gated", "perceiver", "text_only", "image_only")])

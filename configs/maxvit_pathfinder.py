@@ -54,3 +54,11 @@ def get_config(arg: str | None = None):
     config.model = ml_collections.ConfigDict(dict(
         name="maxvit", grid_attention=not arg.block_only, **sizes, **model))
     return config
+
+
+def get_sweep(arg: str | None = None):
+    """The MaxViT rows of experiments/maxvit: block + grid and block-only attention, on the hard
+    and the easy difficulty (the ViT rows: configs/vit_pathfinder.py's sweep)."""
+    del arg
+    return [{":difficulty": difficulty, ":block_only": block_only}
+            for difficulty in ("hard", "easy") for block_only in (False, True)]

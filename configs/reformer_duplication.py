@@ -83,3 +83,11 @@ def get_config(arg: str | None = None):
         config_lib.set_schedule(config, steps=20, every=10, warmup_steps=2, batch_size=8,
                                 eval_batch_size=16, log_every=10, eval_batches=2)
     return config
+
+
+def get_sweep(arg: str | None = None):
+    """The training runs of experiments/reformer_duplication: full attention and LSH with 1, 2
+    and 4 hash rounds (on the variant `arg` names, e.g. `cpu`); each is then evaluated with
+    several `eval=` settings by `--mode=eval`, as that README shows."""
+    del arg
+    return [{":train": train} for train in ("full", "lsh1", "lsh2", "lsh4")]

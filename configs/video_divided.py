@@ -48,3 +48,12 @@ def get_config(arg: str | None = None):
     config.model = ml_collections.ConfigDict(dict(name="video_transformer", block=arg.block,
                                                   **sizes))
     return config
+
+
+def get_sweep(arg: str | None = None):
+    """The block comparison of experiments/video (with configs/video_keyframe.py's sweep): each
+    block, the factorised encoder with [CLS] pooling, and the single-frame baseline."""
+    del arg  # the same rows for every variant
+    return ([{":block": block} for block in BLOCKS]
+            + [{":block": "factorized_encoder", "model.pool": "cls"},
+               {":block": "joint", "data.num_frames": 1}])

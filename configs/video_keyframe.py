@@ -39,3 +39,9 @@ def get_config(arg: str | None = None):
         name="video_transformer", block="keyframe", key_frames=arg.key_frames,
         include_self=arg.include_self, **sizes))
     return config
+
+
+def get_sweep(arg: str | None = None):
+    """The key-frame rows of experiments/video: every second frame, and two learned frames."""
+    del arg
+    return [{":key_frames": "stride:2"}, {":key_frames": "learned:2"}]

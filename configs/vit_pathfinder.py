@@ -35,3 +35,9 @@ def get_config(arg: str | None = None):
     config.model = ml_collections.ConfigDict(dict(name="vit", pool="cls", dropout_rate=0.0,
                                                   **sizes))
     return config
+
+
+def get_sweep(arg: str | None = None):
+    """The ViT rows of experiments/maxvit: the hard and the easy difficulty."""
+    del arg
+    return [{":difficulty": "hard"}, {":difficulty": "easy"}]

@@ -73,6 +73,18 @@ def test_expand_lra_mechanism_sweep_into_workdirs_and_commands():
     assert (lsh.num_train_steps, lsh.best_metric, lsh.best_mode) == (20, "accuracy", "max")
 
 
+@pytest.mark.parametrize("config, expected", [
+    ("lra_listops.py", 6), ("lra_pathfinder.py", 6), ("transformer_lm.py", 3),
+    ("video_divided.py", 6), ("video_keyframe.py", 2), ("crossmodal_qa.py", 7),
+    ("maxvit_pathfinder.py", 4), ("vit_pathfinder.py", 2), ("reformer_duplication.py", 4)])
+def test_every_declared_sweep_expands_into_distinct_runs(config, expected):
+    """The sweeps experiments/ README files give: each resolves to distinct configs."""
+    path = os.path.join(CONFIG_DIR, config)
+    runs = sweep.expand(path, sweep.config_sweep(path, None), workdir="W", python="python")
+    assert len(runs) == expected == len({r.name for r in runs})
+    assert sum(not r.changes for r in runs) <= 1  # at most one run is the config as it is
+
+
 def test_expand_field_overrides_and_replaced_arguments():
     grid = sweep.product(sweep.axis(":attention", ["dense", "lsh"]),
                          sweep.axis("optimizer.learning_rate", [1e-3, "3e-4"]),
