@@ -716,8 +716,9 @@ def run_local(runs: Sequence[Run], *, parallel: int, out: TextIO | None = None,
     Prints a line when a run starts, ends or fails (with its log path) and a progress line
     (done / running / failed / waiting, ETA); a failed run does not stop the others. Ctrl-C or
     SIGTERM stops the running trainers with SIGTERM (each keeps its last complete checkpoint)
-    and re-raises. Prints to `out` (default stdout). Returns each launched run's exit code by
-    name.
+    and re-raises. A trainer that ends normally before its last step (stopped by a signal from
+    outside the sweep: it checkpoints and exits 0) is reported as stopped, with exit code 1.
+    Prints to `out` (default stdout). Returns each launched run's exit code by name.
     """
     if parallel < 1:
         raise ValueError(f"--parallel must be >= 1, got {parallel}")
@@ -725,9 +726,8 @@ def run_local(runs: Sequence[Run], *, parallel: int, out: TextIO | None = None,
     waiting = _unfinished(runs, say)
     shares = core_shares(_available_cores(), parallel)
     free = list(range(parallel))
-    # name -> (run, its process, its log, its slot, its start time, the commands after this one)
-    running: dict[str, tuple[Run, subprocess.Popen, TextIO, int, float,
-                             list[tuple[str, ...]]]] = {}
+    # name -> (run, its process, its log, its slot, its start time, the command it runs)
+    running: dict[str, tuple[Run, subprocess.Popen, TextIO, int, float, tuple[str, ...]]] = {}
     codes: dict[str, int] = {}
     durations: list[float] = []
 
@@ -749,25 +749,30 @@ def run_local(runs: Sequence[Run], *, parallel: int, out: TextIO | None = None,
                 raise _Stop(f"received signal {signals[0]}")
             while waiting and free:
                 run, slot = waiting.pop(0), free.pop(0)
-                first, *rest = commands_left(run)
-                process, log = _start(run, first, shares[slot])
-                running[run.name] = (run, process, log, slot, time.monotonic(), rest)
+                command = commands_left(run)[0]
+                process, log = _start(run, command, shares[slot])
+                running[run.name] = (run, process, log, slot, time.monotonic(), command)
                 say(f"start {run.name} on cores {','.join(map(str, shares[slot]))} "
                     f"(log {log.name})")
                 progress()
-            for name, (run, process, log, slot, start, rest) in list(running.items()):
+            for name, (run, process, log, slot, start, command) in list(running.items()):
                 code = process.poll()
                 if code is None:
                     continue
                 log.close()
-                if code == 0 and rest:
-                    process, log = _start(run, rest[0], shares[slot])
-                    running[name] = (run, process, log, slot, start, rest[1:])
+                left = commands_left(run) if code == 0 else []
+                if left and left[0] != command:  # trained: now its test evaluation
+                    process, log = _start(run, left[0], shares[slot])
+                    running[name] = (run, process, log, slot, start, left[0])
                     continue
                 del running[name]
                 free.append(slot)
-                codes[name] = code
-                if code:
+                codes[name] = 1 if left else code
+                if left:
+                    say(f"STOPPED {name} at {status(run)}: its trainer ended before its last "
+                        f"step (a signal from outside the sweep?); re-run the sweep command to "
+                        f"resume it; its log: {log.name}")
+                elif code:
                     say(f"FAILED {name} (exit code {code}); its log: {log.name}")
                 else:
                     durations.append(time.monotonic() - start)
@@ -807,11 +812,13 @@ class TrainerJob:
 
     def __call__(self) -> None:
         """Raises:
-          RuntimeError: the trainer failed (naming its exit code and log)."""
+          RuntimeError: a command failed (naming its exit code and log), or the trainer ended
+            before its last step without submitit's requeue (a signal from elsewhere)."""
         os.makedirs(self.run.workdir, exist_ok=True)
         log_path = os.path.join(self.run.workdir, "train.log")
         env = dict(os.environ, **{var: str(self.threads) for var in _THREAD_VARS})
-        for command in commands_left(self.run):
+        while left := commands_left(self.run):
+            command = left[0]
             with open(log_path, "a") as log:
                 log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} (submitit job): "
                           f"{shlex.join(command)}\n")
@@ -826,6 +833,9 @@ class TrainerJob:
             if code:
                 raise RuntimeError(f"run {self.run.name} failed (exit code {code}); its log: "
                                    f"{log_path}")
+            if commands_left(self.run)[:1] == [command]:
+                raise RuntimeError(f"run {self.run.name} stopped at {status(self.run)}: its "
+                                   f"trainer ended before its last step; its log: {log_path}")
 
     def checkpoint(self) -> Any:
         import submitit

@@ -143,8 +143,10 @@ def _stand_in(tmp_path, name: str, code: str, *, num_train_steps: int = 5) -> sw
 
 def test_local_launcher_pins_workers_skips_finished_and_reports_failures(tmp_path, capsys):
     report = ("import os, sys; open({out!r}, 'w').write("
-              "repr((sorted(os.sched_getaffinity(0)), os.environ['OMP_NUM_THREADS'])))")
-    ok = [_stand_in(tmp_path, f"ok{i}", report.format(out=str(tmp_path / f"ok{i}.txt")))
+              "repr((sorted(os.sched_getaffinity(0)), os.environ['OMP_NUM_THREADS']))); "
+              "os.makedirs(os.path.join({workdir!r}, 'checkpoints', '5'))")  # trained to the end
+    ok = [_stand_in(tmp_path, f"ok{i}", report.format(out=str(tmp_path / f"ok{i}.txt"),
+                                                      workdir=str(tmp_path / f"ok{i}")))
           for i in range(2)]
     failing = _stand_in(tmp_path, "bad", "import sys; print('boom'); sys.exit(3)")
     finished = _stand_in(tmp_path, "finished", "raise SystemExit(9)")
@@ -173,7 +175,7 @@ if '--mode=eval' in sys.argv:
     split = sys.argv[-1].removeprefix('--split=')
     json.dump({'checkpoint': 'best', 'step': 5, 'split': split, 'loss': float(sys.argv[2])},
               open(os.path.join(workdir, f'eval_{split}.json'), 'w'))
-else:
+elif sys.argv[2] != 'stop':  # 'stop': end early and normally, as a trainer sent SIGTERM does
     os.makedirs(os.path.join(workdir, 'checkpoints', '5'))
 """
 
@@ -196,6 +198,16 @@ def test_test_split_evaluates_each_run_after_training_and_only_once(tmp_path, ca
     assert all(log.rstrip().endswith("--mode=eval --split=test") for log in logs)
     assert [sweep.status(r) for r in runs] == ["finished"] * 3
     assert sweep.run_local(runs, parallel=2, poll_s=0.05) == {}  # nothing left to do
+
+    # A trainer that ends normally before its last step is reported, and not tested.
+    stopped = dataclasses.replace(runs[0], name="stopped", workdir=str(tmp_path / "stopped"),
+                                  command=(sys.executable, "-c", TRAIN_THEN_TEST,
+                                           str(tmp_path / "stopped"), "stop"))
+    capsys.readouterr()
+    assert sweep.run_local([stopped], parallel=1, poll_s=0.05) == {"stopped": 1}
+    assert "STOPPED stopped at new: its trainer ended before its last step" in (
+        capsys.readouterr().out)
+    assert open(os.path.join(stopped.workdir, "train.log")).read().count("\n=== ") == 1
     rows = sweep.summary_rows(runs, "loss", "min")
     assert [(r["run"], r["test loss"]) for r in rows] == [("r0", 2.0), ("r1", 1.0), ("r2", 4.0)]
     groups = sweep.seed_groups(rows, "loss", "min")
