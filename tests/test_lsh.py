@@ -21,7 +21,8 @@ from attnx.attention import dense, lsh
 TESTDATA = os.path.join(os.path.dirname(__file__), "testdata")
 B, T, N, H = 2, 32, 2, 8
 STATIC = ("n_hashes", "n_buckets", "chunk_len", "chunks_before", "chunks_after", "causal",
-          "attend_across_buckets", "allow_duplicate_attention", "return_buckets", "dropout_rate")
+          "attend_across_buckets", "allow_duplicate_attention", "return_buckets", "dropout_rate",
+          "parts")
 lsh_jit = jax.jit(lsh.lsh_attention, static_argnames=STATIC)
 pattern_jit = jax.jit(lsh.pattern, static_argnames=STATIC)
 
@@ -335,6 +336,17 @@ def test_bfloat16_and_dropout(qkv):
     assert np.abs(np.asarray(dropped - out)).max() > 1e-2
     with pytest.raises(ValueError, match="dropout_rng"):
         lsh.lsh_attention(qk, v, dropout_rate=0.5, **options)
+
+
+def test_heads_in_independent_parts_give_the_same_attention_and_gradients(qkv, padding):
+    """The N heads attended in 1 or 2 slices (what XLA:CPU runs side by side)."""
+    qk, v, cotangent = qkv
+    options = dict(n_hashes=2, n_buckets=4, chunk_len=8, causal=True, mask=padding,
+                   rotations=_rotations(7, 2, 2))
+    whole = lsh_value_and_grads(qk, v, cotangent, parts=1, **options)
+    _assert_all_close(lsh_value_and_grads(qk, v, cotangent, parts=2, **options), whole, tol=1e-6)
+    with pytest.raises(ValueError, match="parts=3 must divide the 2 heads"):
+        lsh.lsh_attention(qk, v, parts=3, **options)
 
 
 # ----------------------------------------------------------------------------- bad input

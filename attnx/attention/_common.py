@@ -4,6 +4,9 @@ neighbour chunks. Each mechanism file keeps only what is its own.
 
 from __future__ import annotations
 
+import os
+from typing import Callable
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -59,6 +62,37 @@ def masked_softmax(logits: Array, allowed: Array | None) -> Array:
         return jax.nn.softmax(logits, axis=-1)
     weights = jax.nn.softmax(jnp.where(allowed, logits, MASK_VALUE), axis=-1)
     return jnp.where(jnp.any(allowed, axis=-1, keepdims=True), weights, 0.0)
+
+
+def default_parts(groups: int) -> int:
+    """Independent slices to compute `groups` (batch x heads) attention groups in: on CPU the
+    largest divisor of `groups` not above the cores this process may use, so that XLA:CPU's
+    executor runs the slices side by side (it runs each small batched matmul on one thread);
+    1 on accelerators, which parallelise inside every op."""
+    if jax.default_backend() != "cpu":
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(d for d in range(1, min(groups, cores or 1) + 1) if groups % d == 0)
+
+
+def in_parts(fn: Callable[..., Array], parts: int, *arrays: Array,
+             axes: tuple[int, ...] | None = None, out_axis: int = 0,
+             what: str = "batch x heads groups") -> Array:
+    """`fn(part, *slices)` on `parts` equal slices of the arrays (`part` = 0, 1, ...: independent
+    computations), concatenated along `out_axis` of its results. Array i is sliced along
+    `axes[i]` (default: every array along axis 0); `fn` must treat those rows independently.
+    ValueError naming `what` is sliced unless `parts` divides it."""
+    axes = axes or (0,) * len(arrays)
+    size = arrays[0].shape[axes[0]]
+    if size % parts:
+        raise ValueError(f"parts={parts} must divide the {size} {what}")
+    step = size // parts
+
+    def piece(a: Array, axis: int, i: int) -> Array:
+        return jax.lax.slice_in_dim(a, i * step, (i + 1) * step, axis=axis)
+
+    outs = [fn(i, *(piece(a, axis, i) for a, axis in zip(arrays, axes))) for i in range(parts)]
+    return outs[0] if parts == 1 else jnp.concatenate(outs, axis=out_axis)
 
 
 def look_around(chunks: Array, before: int, after: int, *, wrap: bool) -> Array:

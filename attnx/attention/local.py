@@ -49,6 +49,7 @@ def local_attention(
     mask: Array | None = None,
     dropout_rate: float = 0.0,
     dropout_rng: jax.Array | None = None,
+    parts: int | None = None,
 ) -> Array:
     """Chunked local self-attention.
 
@@ -59,49 +60,75 @@ def local_attention(
       causal: query i sees keys j <= i.
       mask: key padding mask `[B, T]`, True = real token.
       dropout_rate, dropout_rng: attention dropout on the weights.
+      parts: the B * N (batch x head) groups are computed in this many independent slices (a
+        divisor of B * N); None: `_common.default_parts` (on CPU one per core, so XLA runs them
+        side by side; 1 on accelerators). The result does not depend on it.
 
     Returns:
       `[B, T, N, Hv]` in q's dtype; a query with no key to attend to gets zeros.
     """
     _check_local_args(q, k, v, chunk_len, chunks_before, chunks_after, mask)
     b, t, n, h = q.shape
-    t_pad = _common.round_up(t, chunk_len)
-    groups, n_chunks = b * n, t_pad // chunk_len
+    groups = b * n
+    parts = _common.default_parts(groups) if parts is None else _common.check_int("parts", parts)
 
     # The attention runs on rank-3 arrays [G*C, L, ...] (G = B*N groups of C chunks): XLA:CPU
     # fuses multiply-reduce patterns of higher rank (with a leading 1) into very slow loops.
     def per_group(x: Array) -> Array:  # [B, T, N, ...] -> [G, T, ...]
         return jnp.swapaxes(x, 1, 2).reshape((groups, t) + x.shape[3:])
 
+    _common.check_dropout(dropout_rate, dropout_rng)
+    real = jnp.ones((b, t), bool) if mask is None else mask.astype(bool)
+
+    def attend(part: int, *groups_slice: Array) -> Array:
+        rng = dropout_rng if parts == 1 or dropout_rng is None else jax.random.fold_in(
+            dropout_rng, part)
+        return _attend_groups(*groups_slice, chunk_len=chunk_len, chunks_before=chunks_before,
+                              chunks_after=chunks_after, causal=causal,
+                              dropout_rate=dropout_rate, dropout_rng=rng)
+
+    out = _common.in_parts(attend, parts, per_group(q), per_group(k), per_group(v),
+                           jnp.repeat(real, n, axis=0))  # [G, T, Hv]
+    return jnp.swapaxes(out.reshape(b, n, t, v.shape[-1]), 1, 2).astype(q.dtype)
+
+
+def _attend_groups(q: Array, k: Array, v: Array, real: Array, *, chunk_len: int,
+                   chunks_before: int, chunks_after: int, causal: bool, dropout_rate: float,
+                   dropout_rng: jax.Array | None) -> Array:
+    """Local attention of g independent groups: q, k `[g, T, H]`, v `[g, T, Hv]`, key validity
+    `real` `[g, T]` -> `[g, T, Hv]` float32."""
+    g, t, h = q.shape
+    t_pad = _common.round_up(t, chunk_len)
+    n_chunks = t_pad // chunk_len
+
     def chunks(x: Array) -> Array:
-        """[G, T, ...] -> [G, C, L, ...], zeros (False) in the internal padding."""
+        """[g, T, ...] -> [g, C, L, ...], zeros (False) in the internal padding."""
         x = _common.pad_axis(x, t_pad)
         return x.reshape((x.shape[0], n_chunks, chunk_len) + x.shape[2:])
 
     def neighbours(x: Array) -> Array:
-        """[G, T, ...] -> [G*C, W*L, ...]: each chunk's window of keys, no wrap-around."""
+        """[g, T, ...] -> [g*C, W*L, ...]: each chunk's window of keys, no wrap-around."""
         x = _common.look_around(chunks(x), chunks_before, chunks_after, wrap=False)
         return x.reshape((-1,) + x.shape[2:])
 
-    q_c = chunks(per_group(q)).reshape(-1, chunk_len, h)  # [G*C, L, H]
-    k_w = neighbours(per_group(k * jnp.asarray(1.0 / math.sqrt(h), k.dtype)))  # [G*C, W*L, H]
-    v_w = neighbours(per_group(v))
+    q_c = chunks(q).reshape(-1, chunk_len, h)  # [g*C, L, H]
+    k_w = neighbours(k * jnp.asarray(1.0 / math.sqrt(h), k.dtype))  # [g*C, W*L, H]
+    v_w = neighbours(v)
     logits = jnp.einsum("cqh,ckh->cqk", q_c, k_w, preferred_element_type=jnp.float32)
 
     # Key validity: inside the sequence (not an added chunk or internal padding) and a real token.
-    real = jnp.ones((b, t), bool) if mask is None else mask.astype(bool)
-    allowed = neighbours(jnp.repeat(real, n, axis=0))[:, None, :]  # [G*C, 1, W*L]
+    allowed = neighbours(real)[:, None, :]  # [g*C, 1, W*L]
     if causal:
         positions = jnp.arange(t)[None]
         q_pos = chunks(positions).reshape(n_chunks, chunk_len)
         k_pos = neighbours(positions)  # [C, W*L]
         causal_ok = q_pos[:, :, None] >= k_pos[:, None, :]
-        allowed = allowed & jnp.tile(causal_ok, (groups, 1, 1))
+        allowed = allowed & jnp.tile(causal_ok, (g, 1, 1))
     weights = _common.masked_softmax(logits, allowed)
     weights = dense.dropout_weights(weights, dropout_rate, dropout_rng)
-    out = jnp.einsum("cqk,ckh->cqh", weights.astype(v.dtype), v_w, preferred_element_type=jnp.float32)
-    out = out.reshape(b, n, t_pad, v.shape[-1])[:, :, :t]
-    return jnp.swapaxes(out, 1, 2).astype(q.dtype)
+    out = jnp.einsum("cqk,ckh->cqh", weights.astype(v.dtype), v_w,
+                     preferred_element_type=jnp.float32)
+    return out.reshape(g, t_pad, v.shape[-1])[:, :t]
 
 
 def pattern(

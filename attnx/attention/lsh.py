@@ -339,6 +339,7 @@ def lsh_attention(
     buckets: Array | None = None,
     dropout_rate: float = 0.0,
     dropout_rng: jax.Array | None = None,
+    parts: int | None = None,
 ) -> Array | tuple[Array, Array]:
     """Reformer LSH self-attention with shared queries and keys.
 
@@ -360,6 +361,9 @@ def lsh_attention(
       buckets: precomputed buckets from `hash_vectors` (e.g. the forward pass's, in a reversible
         backward pass); skips hashing.
       dropout_rate, dropout_rng: attention dropout on the weights.
+      parts: the N heads are attended in this many independent slices (a divisor of N) once
+        hashed; None: `_common.default_parts` (on CPU one per core, so XLA runs them side by
+        side; 1 on accelerators). The result does not depend on it.
 
     Returns:
       `[B, T, N, Hv]` in qk's dtype, and the buckets if `return_buckets`.
@@ -368,13 +372,23 @@ def lsh_attention(
         qk, v, n_hashes=n_hashes, n_buckets=n_buckets, chunk_len=chunk_len, chunks_before=chunks_before,
         chunks_after=chunks_after, mask=mask, rng=rng, rotations=rotations, buckets=buckets,
     )
-    out = _lsh_attend(
-        qk, v, buckets.astype(jnp.int32), mask, n_buckets_total=math.prod(_bucket_factors(n_buckets)),
-        chunk_len=chunk_len, chunks_before=chunks_before,
-        chunks_after=chunks_after, causal=causal, attend_across_buckets=attend_across_buckets,
-        allow_duplicate_attention=allow_duplicate_attention, dropout_rate=dropout_rate,
-        dropout_rng=dropout_rng,
-    )
+    heads = qk.shape[2]
+    parts = _common.default_parts(heads) if parts is None else _common.check_int("parts", parts)
+    _common.check_dropout(dropout_rate, dropout_rng)
+
+    def attend(part: int, qk_part: Array, v_part: Array, buckets_part: Array) -> Array:
+        rng_part = dropout_rng if parts == 1 or dropout_rng is None else jax.random.fold_in(
+            dropout_rng, part)
+        return _lsh_attend(
+            qk_part, v_part, buckets_part.astype(jnp.int32), mask,
+            n_buckets_total=math.prod(_bucket_factors(n_buckets)), chunk_len=chunk_len,
+            chunks_before=chunks_before, chunks_after=chunks_after, causal=causal,
+            attend_across_buckets=attend_across_buckets,
+            allow_duplicate_attention=allow_duplicate_attention, dropout_rate=dropout_rate,
+            dropout_rng=rng_part)
+
+    out = _common.in_parts(attend, parts, qk, v, buckets, axes=(2, 2, 1), out_axis=2,
+                           what="heads")
     return (out, buckets) if return_buckets else out
 
 

@@ -347,7 +347,7 @@ _MECHANISMS: dict[str, Mechanism] = {
         Mechanism(
             "lsh", "attnx.attention.lsh", "lsh_attention", "pattern", reference_function="reference",
             options=("n_hashes", "n_buckets", "chunk_len", "chunks_before", "chunks_after",
-                     "attend_across_buckets", "allow_duplicate_attention"),
+                     "attend_across_buckets", "allow_duplicate_attention", "parts"),
             presets={
                 "lra": _lsh_lra,
                 "bench": _lsh_bench,
@@ -360,7 +360,7 @@ _MECHANISMS: dict[str, Mechanism] = {
             shared_qk=True, needs_rng=True, zero_masked_rows=False, decoding="rule"),
         Mechanism(
             "local", "attnx.attention.local", "local_attention", "pattern",
-            options=("chunk_len", "chunks_before", "chunks_after"),
+            options=("chunk_len", "chunks_before", "chunks_after", "parts"),
             presets={
                 # Each chunk sees the chunk before it and, unless causal, the one after.
                 "lra": lambda length, causal, block: dict(
