@@ -222,6 +222,14 @@ def test_xla_path_accepts_block_sizes_that_are_not_powers_of_two():
     np.testing.assert_allclose(got, oracle(case.name, "dense")[0], **F32_TOL)
 
 
+@pytest.mark.parametrize("block, length, expected", [
+    (512, 513, 264),   # two blocks of 264 (528 rows), not two of 512 (1,024)
+    (512, 1025, 344),  # three of 344
+    (512, 4096, 512), (128, 513, 104), (512, 30, 30), (10, 25, 10)])
+def test_xla_path_splits_the_length_into_equal_blocks(block, length, expected):
+    assert flash._balanced_block(block, length) == expected
+
+
 def test_pattern_hand_computed():
     q = jnp.zeros((1, 4, 2, 8))
     got = flash.pattern(q, q, mask=jnp.array([[True, True, True, False]]),

@@ -534,6 +534,14 @@ def _segment_pair(
 DEFAULT_BLOCK = {"pallas": 128, "xla": 512}
 
 
+def _balanced_block(block: int, length: int) -> int:
+    """The XLA path's block for `length` with at most `block` rows: `length` in
+    ceil(length / block) equal blocks, rounded up to a multiple of 8 (at most the length), so
+    padding stays under 8 rows a block: 513 tokens in blocks of 264, not two of 512."""
+    count = -(-length // block)
+    return min(length, _common.round_up(-(-length // count), 8), block)
+
+
 def _check_block(name: str, block: int, pallas: bool) -> None:
     _common.check_int(name, block)
     if pallas and (block < _MIN_PALLAS_BLOCK or block & (block - 1)):
@@ -568,7 +576,8 @@ def flash_attention(
       scale: positive logit scale, default `1/sqrt(H)`.
       block_q, block_k: query and key block sizes of both implementations (clamped to the
         sequence; lengths that are not multiples are padded and masked internally). The Pallas
-        kernel needs powers of two >= 16. None: `DEFAULT_BLOCK` of the implementation, 128 for
+        kernel needs powers of two >= 16; the XLA path takes them as the largest block and
+        splits the length into equal blocks (`_balanced_block`), so padding stays small. None: `DEFAULT_BLOCK` of the implementation, 128 for
         the Pallas kernel (GPU), 512 for the XLA path (CPU, where larger blocks amortise the
         per-block loop and transposes: experiments/flash/README.md).
       implementation: 'pallas', 'xla', or 'auto' (Pallas on GPU, XLA elsewhere).
@@ -604,7 +613,7 @@ def flash_attention(
         block_q = min(block_q, max(_MIN_PALLAS_BLOCK, pl.next_power_of_2(tq)))
         block_k = min(block_k, max(_MIN_PALLAS_BLOCK, pl.next_power_of_2(tk)))
     else:
-        block_q, block_k = min(block_q, tq), min(block_k, tk)
+        block_q, block_k = _balanced_block(block_q, tq), _balanced_block(block_k, tk)
     st = _Static(
         implementation=implementation,
         scale=h**-0.5 if scale is None else float(scale),
