@@ -75,15 +75,18 @@ def default_parts(groups: int) -> int:
     return max(d for d in range(1, min(groups, cores or 1) + 1) if groups % d == 0)
 
 
-def in_parts(fn: Callable[..., Array], parts: int, *arrays: Array,
+def in_parts(fn: Callable[..., Array], parts: int | None, *arrays: Array,
              axes: tuple[int, ...] | None = None, out_axis: int = 0,
-             what: str = "batch x heads groups") -> Array:
-    """`fn(part, *slices)` on `parts` equal slices of the arrays (`part` = 0, 1, ...: independent
-    computations), concatenated along `out_axis` of its results. Array i is sliced along
-    `axes[i]` (default: every array along axis 0); `fn` must treat those rows independently.
-    ValueError naming `what` is sliced unless `parts` divides it."""
+             what: str = "batch x heads groups",
+             dropout_rng: jax.Array | None = None) -> Array:
+    """`fn(rng, *slices)` on `parts` equal slices of the arrays (independent computations),
+    concatenated along `out_axis` of its results. Array i is sliced along `axes[i]` (default:
+    every array along axis 0); `fn` must treat those rows independently. `parts=None`:
+    `default_parts`. Each slice gets its own dropout key (`dropout_rng` itself when there is one
+    slice, or no key). ValueError naming `what` is sliced unless `parts` divides it."""
     axes = axes or (0,) * len(arrays)
     size = arrays[0].shape[axes[0]]
+    parts = default_parts(size) if parts is None else check_int("parts", parts)
     if size % parts:
         raise ValueError(f"parts={parts} must divide the {size} {what}")
     step = size // parts
@@ -91,7 +94,13 @@ def in_parts(fn: Callable[..., Array], parts: int, *arrays: Array,
     def piece(a: Array, axis: int, i: int) -> Array:
         return jax.lax.slice_in_dim(a, i * step, (i + 1) * step, axis=axis)
 
-    outs = [fn(i, *(piece(a, axis, i) for a, axis in zip(arrays, axes))) for i in range(parts)]
+    def rng(i: int) -> jax.Array | None:
+        if dropout_rng is None or parts == 1:
+            return dropout_rng
+        return jax.random.fold_in(dropout_rng, i)
+
+    outs = [fn(rng(i), *(piece(a, axis, i) for a, axis in zip(arrays, axes)))
+            for i in range(parts)]
     return outs[0] if parts == 1 else jnp.concatenate(outs, axis=out_axis)
 
 

@@ -8,6 +8,7 @@ A length that is not a multiple of `chunk_len` is padded and masked internally.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -70,7 +71,6 @@ def local_attention(
     _check_local_args(q, k, v, chunk_len, chunks_before, chunks_after, mask)
     b, t, n, h = q.shape
     groups = b * n
-    parts = _common.default_parts(groups) if parts is None else _common.check_int("parts", parts)
 
     # The attention runs on rank-3 arrays [G*C, L, ...] (G = B*N groups of C chunks): XLA:CPU
     # fuses multiply-reduce patterns of higher rank (with a leading 1) into very slow loops.
@@ -80,21 +80,17 @@ def local_attention(
     _common.check_dropout(dropout_rate, dropout_rng)
     real = jnp.ones((b, t), bool) if mask is None else mask.astype(bool)
 
-    def attend(part: int, *groups_slice: Array) -> Array:
-        rng = dropout_rng if parts == 1 or dropout_rng is None else jax.random.fold_in(
-            dropout_rng, part)
-        return _attend_groups(*groups_slice, chunk_len=chunk_len, chunks_before=chunks_before,
-                              chunks_after=chunks_after, causal=causal,
-                              dropout_rate=dropout_rate, dropout_rng=rng)
-
+    attend = functools.partial(_attend_groups, chunk_len=chunk_len, chunks_before=chunks_before,
+                               chunks_after=chunks_after, causal=causal,
+                               dropout_rate=dropout_rate)
     out = _common.in_parts(attend, parts, per_group(q), per_group(k), per_group(v),
-                           jnp.repeat(real, n, axis=0))  # [G, T, Hv]
+                           jnp.repeat(real, n, axis=0), dropout_rng=dropout_rng)  # [G, T, Hv]
     return jnp.swapaxes(out.reshape(b, n, t, v.shape[-1]), 1, 2).astype(q.dtype)
 
 
-def _attend_groups(q: Array, k: Array, v: Array, real: Array, *, chunk_len: int,
-                   chunks_before: int, chunks_after: int, causal: bool, dropout_rate: float,
-                   dropout_rng: jax.Array | None) -> Array:
+def _attend_groups(dropout_rng: jax.Array | None, q: Array, k: Array, v: Array, real: Array, *,
+                   chunk_len: int, chunks_before: int, chunks_after: int, causal: bool,
+                   dropout_rate: float) -> Array:
     """Local attention of g independent groups: q, k `[g, T, H]`, v `[g, T, Hv]`, key validity
     `real` `[g, T]` -> `[g, T, Hv]` float32."""
     g, t, h = q.shape

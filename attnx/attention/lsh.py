@@ -372,13 +372,10 @@ def lsh_attention(
         qk, v, n_hashes=n_hashes, n_buckets=n_buckets, chunk_len=chunk_len, chunks_before=chunks_before,
         chunks_after=chunks_after, mask=mask, rng=rng, rotations=rotations, buckets=buckets,
     )
-    heads = qk.shape[2]
-    parts = _common.default_parts(heads) if parts is None else _common.check_int("parts", parts)
     _common.check_dropout(dropout_rate, dropout_rng)
 
-    def attend(part: int, qk_part: Array, v_part: Array, buckets_part: Array) -> Array:
-        rng_part = dropout_rng if parts == 1 or dropout_rng is None else jax.random.fold_in(
-            dropout_rng, part)
+    def attend(rng_part: jax.Array | None, qk_part: Array, v_part: Array,
+               buckets_part: Array) -> Array:
         return _lsh_attend(
             qk_part, v_part, buckets_part.astype(jnp.int32), mask,
             n_buckets_total=math.prod(_bucket_factors(n_buckets)), chunk_len=chunk_len,
@@ -388,7 +385,7 @@ def lsh_attention(
             dropout_rng=rng_part)
 
     out = _common.in_parts(attend, parts, qk, v, buckets, axes=(2, 2, 1), out_axis=2,
-                           what="heads")
+                           what="heads", dropout_rng=dropout_rng)
     return (out, buckets) if return_buckets else out
 
 
