@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Speed of the oldest against the newest supported (Python, JAX) pair, one leg after the other on
-# the same machine: the main job's training step (`python -m attnx.bench --config=configs/
-# reformer_lm.py`) and the mechanism table (`python -m attnx.bench --lengths=1024,4096`), then
+# the same machine: the speed benchmarks' Reformer LM training step (`python -m attnx.bench
+# --config=configs/reformer_lm.py:wide`) and the mechanism table (`python -m attnx.bench --lengths=1024,4096`), then
 # newest / oldest time ratios (above 1: the newer JAX is slower). Run it on an idle machine,
 # after `bash .ci/run` has made the legs' venvs:
 #
@@ -15,7 +15,7 @@ out=${1:-runs/compare_legs} old=${2:-.venv} new=${3:-.venv-py313}
 for venv in "$old" "$new"; do
   dir="$out/$(basename "$venv")"
   echo "== $venv: $("$venv/bin/python" -c 'import sys, jax; print(sys.version.split()[0], "jax", jax.__version__)')"
-  "$venv/bin/python" -m attnx.bench --config=configs/reformer_lm.py --steps=10 --out="$dir/model"
+  "$venv/bin/python" -m attnx.bench --config=configs/reformer_lm.py:wide --steps=10 --out="$dir/model"
   "$venv/bin/python" -m attnx.bench --lengths=1024,4096 --out="$dir/mechanisms"
 done
 

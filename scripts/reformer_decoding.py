@@ -19,7 +19,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 from flax import nnx
 
 from attnx import decoding, sample
@@ -39,6 +39,7 @@ def _bits(log_p: np.ndarray) -> np.ndarray:
 
 def main(argv) -> None:
     del argv
+    logging.set_verbosity(logging.WARNING)  # keep Orbax's INFO lines out of the output
     config = sample.read_config(FLAGS.workdir)
     dataset, _, model = sample.load_run(config, FLAGS.workdir)
     if not getattr(model, "supports_decoding", False):

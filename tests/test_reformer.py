@@ -144,11 +144,12 @@ def test_config_errors_name_the_field(overrides, message):
 
 
 def test_configs_build_their_settings():
-    for arg in (None, "smoke", "enwik8"):
+    for arg in (None, "smoke", "enwik8", "wide"):
         config = _load_config("reformer_lm", arg)
         settings = models.model_settings(config.model, vocab_size=256, num_classes=None,
                                          dtype=config.dtype)
         assert math.prod(settings.axial_shape) == config.data.seq_len
+        assert sum(settings.axial_dims) == settings.d_model
         assert settings.lsh_options["chunk_len"] <= config.data.seq_len
     for arg in ("train=full", "train=lsh2,eval=lsh8", "cpu,train=lsh4,eval=full", "smoke"):
         config = _load_config("reformer_duplication", arg)
