@@ -55,13 +55,13 @@ def pad_axis(x: Array, size: int, axis: int = 1, value: object = 0) -> Array:
     return jnp.pad(x, widths, constant_values=value)
 
 
-def masked_softmax(logits: Array, allowed: Array | None) -> Array:
-    """Softmax over the last axis restricted to `allowed` (broadcastable to logits); rows with no
-    allowed entry are zero. float32 logits in, float32 weights out."""
+def masked_softmax(logits: Array, allowed: Array | None, axis: int = -1) -> Array:
+    """Softmax over `axis` (the keys) restricted to `allowed` (broadcastable to logits); rows with
+    no allowed entry are zero. float32 logits in, float32 weights out."""
     if allowed is None:
-        return jax.nn.softmax(logits, axis=-1)
-    weights = jax.nn.softmax(jnp.where(allowed, logits, MASK_VALUE), axis=-1)
-    return jnp.where(jnp.any(allowed, axis=-1, keepdims=True), weights, 0.0)
+        return jax.nn.softmax(logits, axis=axis)
+    weights = jax.nn.softmax(jnp.where(allowed, logits, MASK_VALUE), axis=axis)
+    return jnp.where(jnp.any(allowed, axis=axis, keepdims=True), weights, 0.0)
 
 
 def default_parts(groups: int) -> int:

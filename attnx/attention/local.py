@@ -110,19 +110,22 @@ def _attend_groups(dropout_rng: jax.Array | None, q: Array, k: Array, v: Array, 
     q_c = chunks(q).reshape(-1, chunk_len, h)  # [g*C, L, H]
     k_w = neighbours(k * jnp.asarray(1.0 / math.sqrt(h), k.dtype))  # [g*C, W*L, H]
     v_w = neighbours(v)
-    logits = jnp.einsum("cqh,ckh->cqk", q_c, k_w, preferred_element_type=jnp.float32)
+    # Scores are laid out keys first, [g*C, W*L, L] (softmax over axis 1): XLA:CPU runs both
+    # batched matmuls and the softmax's reductions ~10% faster forward + backward this way than
+    # with [g*C, L, W*L] (experiments/efficiency).
+    logits = jnp.einsum("ckh,cqh->ckq", k_w, q_c, preferred_element_type=jnp.float32)
 
     # Key validity: inside the sequence (not an added chunk or internal padding) and a real token.
-    allowed = neighbours(real)[:, None, :]  # [g*C, 1, W*L]
+    allowed = neighbours(real)[:, :, None]  # [g*C, W*L, 1]
     if causal:
         positions = jnp.arange(t)[None]
         q_pos = chunks(positions).reshape(n_chunks, chunk_len)
         k_pos = neighbours(positions)  # [C, W*L]
-        causal_ok = q_pos[:, :, None] >= k_pos[:, None, :]
+        causal_ok = k_pos[:, :, None] <= q_pos[:, None, :]
         allowed = allowed & jnp.tile(causal_ok, (g, 1, 1))
-    weights = _common.masked_softmax(logits, allowed)
+    weights = _common.masked_softmax(logits, allowed, axis=1)
     weights = dense.dropout_weights(weights, dropout_rate, dropout_rng)
-    out = jnp.einsum("cqk,ckh->cqh", weights.astype(v.dtype), v_w,
+    out = jnp.einsum("ckq,ckh->cqh", weights.astype(v.dtype), v_w,
                      preferred_element_type=jnp.float32)
     return out.reshape(g, t_pad, v.shape[-1])[:, :t]
 
