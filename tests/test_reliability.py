@@ -214,16 +214,21 @@ def test_config_change_on_resume_is_refused_unless_safe_or_allowed(finished_run,
 
 
 def _corrupt(workdir, step, how):
+    """Every data file of the checkpoint of `step` truncated to half, or with 64 bytes of 0xff
+    written into its middle. Every file, not only the biggest: which arrays land in which file
+    depends on Orbax's write threads, and some files hold nothing a restore reads (corrupting
+    only the biggest one was sometimes harmless)."""
     files = glob.glob(os.path.join(workdir, "checkpoints", str(step), "state", "**", "d", "*"),
                       recursive=True)
-    biggest = max(files, key=os.path.getsize)
-    size = os.path.getsize(biggest)
-    if how == "truncate":
-        os.truncate(biggest, size // 2)
-    else:
-        with open(biggest, "r+b") as f:
-            f.seek(size // 2)
-            f.write(bytes(64))
+    assert files, f"no data files in checkpoint {step}"
+    for path in files:
+        size = os.path.getsize(path)
+        if how == "truncate":
+            os.truncate(path, size // 2)
+        else:
+            with open(path, "r+b") as f:
+                f.seek(size // 2)
+                f.write(b"\xff" * min(64, size - size // 2))
 
 
 @pytest.mark.parametrize("how", ["overwrite", "truncate"])
