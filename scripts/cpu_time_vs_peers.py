@@ -18,8 +18,8 @@ from typing import Callable
 import jax
 from absl import app, flags
 
-from attnx.attention import local, lsh
-from attnx.bench import peers
+from attnx.attention import local, lsh, registry
+from attnx.bench import measure, peers
 
 flags.DEFINE_integer("length", 4096, "Sequence length.")
 flags.DEFINE_integer("calls", 10, "Timed calls (after one warm-up).")
@@ -43,20 +43,18 @@ def main(argv: list[str]) -> None:
     length, heads, head_dim = FLAGS.length, 4, 64
     q, k, v, cotangent = (jax.random.normal(key, (1, length, heads, head_dim))
                           for key in jax.random.split(jax.random.key(0), 4))
-    rotations = jax.random.normal(jax.random.key(1), (heads, head_dim, 2, length // 128))
+    options = {name: measure.bench_options(registry.get(name), length)
+               for name in ("local", "lsh")}
     ours = {
-        "local": lambda q, k, v: local.local_attention(q, k, v, chunk_len=64),
-        "lsh": lambda q, k, v: lsh.lsh_attention(q, v, n_hashes=2, n_buckets=length // 64,
-                                                 chunk_len=64, rotations=rotations),
+        "local": lambda q, k, v: local.local_attention(q, k, v, **options["local"]),
+        "lsh": lambda q, k, v: lsh.lsh_attention(q, v, rng=jax.random.key(1), **options["lsh"]),
     }
-    options = {"local": dict(chunk_len=64),
-               "lsh": dict(chunk_len=64, n_hashes=2, n_buckets=length // 64)}
     for name, fn in ours.items():
         grads = jax.jit(lambda q, k, v, ct, fn=fn: jax.vjp(fn, q, k, v)[1](ct))
         attnx_ms = cpu_ms(lambda: jax.block_until_ready(grads(q, k, v, cotangent)), FLAGS.calls)
-        _, peer_fwd_bwd = peers._torch_peer(peers.PEER_OF[name], length, batch=1, heads=heads,
-                                            head_dim=head_dim, dtype="float32",
-                                            options=options[name])
+        _, peer_fwd_bwd = peers.torch_peer(peers.PEER_OF[name], length, batch=1, heads=heads,
+                                           head_dim=head_dim, dtype="float32",
+                                           options=options[name])
         peer_ms = cpu_ms(peer_fwd_bwd, FLAGS.calls)
         print(f"{name}: attnx {attnx_ms:.1f} ms, {peers.PEER_TITLES[peers.PEER_OF[name]]} "
               f"{peer_ms:.1f} ms of CPU per forward + backward ({attnx_ms / peer_ms:.2f}x)")

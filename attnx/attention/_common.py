@@ -56,8 +56,8 @@ def pad_axis(x: Array, size: int, axis: int = 1, value: object = 0) -> Array:
 
 
 def masked_softmax(logits: Array, allowed: Array | None, axis: int = -1) -> Array:
-    """Softmax over `axis` (the keys) restricted to `allowed` (broadcastable to logits); rows with
-    no allowed entry are zero. float32 logits in, float32 weights out."""
+    """Softmax over `axis` (the keys) restricted to `allowed` (broadcastable to logits); a query
+    with no allowed key gets zero weights. float32 logits in, float32 weights out."""
     if allowed is None:
         return jax.nn.softmax(logits, axis=axis)
     weights = jax.nn.softmax(jnp.where(allowed, logits, MASK_VALUE), axis=axis)

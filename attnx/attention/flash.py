@@ -578,9 +578,9 @@ def flash_attention(
         sequence; lengths that are not multiples are padded and masked internally). The Pallas
         kernel needs powers of two >= 16; the XLA path takes them as the largest block and
         splits the length into equal blocks (`_balanced_block`), so padding stays small.
-        None: `DEFAULT_BLOCK` of the implementation, 128 for
-        the Pallas kernel (GPU), 512 for the XLA path (CPU, where larger blocks amortise the
-        per-block loop and transposes: experiments/flash/README.md).
+        None: `DEFAULT_BLOCK` of the implementation, 128 for the Pallas kernel (GPU), 512 for
+        the XLA path (CPU, where larger blocks amortise the per-block loop and transposes:
+        experiments/flash/README.md).
       implementation: 'pallas', 'xla', or 'auto' (Pallas on GPU, XLA elsewhere).
       interpret: run the Pallas kernel in interpret mode; None = exactly when the default backend
         is CPU.

@@ -26,7 +26,7 @@ PEER_TITLES = {
 }
 
 
-def _torch_peer(name: str, length: int, batch: int, heads: int, head_dim: int, dtype: str,
+def torch_peer(name: str, length: int, batch: int, heads: int, head_dim: int, dtype: str,
                 options: dict[str, Any]) -> tuple[Callable[[], Any], Callable[[], Any]]:
     """(forward, forward + backward) closures running peer `name` in PyTorch on random inputs.
 
@@ -143,7 +143,7 @@ def measure_peer(name: str, length: int, *, batch: int = 1, heads: int = 4, head
     options = dict(options or {})
     record = Record(name, "peer", length, batch, heads, head_dim, dtype, options)
     try:
-        forward, forward_backward = _torch_peer(name, length, batch, heads, head_dim, dtype,
+        forward, forward_backward = torch_peer(name, length, batch, heads, head_dim, dtype,
                                                 options)
         for mode, call in (("fwd", forward), ("fwd_bwd", forward_backward)):
             times = run_times(call, repeats)
