@@ -10,7 +10,7 @@ paper's enwik8-64K model: 12 layers, d_model 1024, d_ff 4096, 8 heads, 65,536-by
 reading the user's enwik8 file through the `textfile` dataset; for accelerators).
 Default: 4 reversible layers (local, lsh, local, lsh), d_model 128, 4 heads of 32, d_ff 512,
 chunks of 64, 2 hash rounds, 64 buckets, axial positions (64, 64); batch 1, 1,000 steps at
-learning rate 2e-3 (under 10 minutes on 2 otherwise idle CPU cores; see
+learning rate 2e-3 (9-12 minutes on 2 otherwise idle CPU cores; see
 experiments/reformer_lm/README.md, which also keeps the earlier d_model 256 model as the
 `:wide` variant the speed benchmarks use).
 """
