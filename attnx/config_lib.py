@@ -190,6 +190,31 @@ def lra_comparison() -> list[dict[str, str]]:
     return [{":attention": name} for name in LRA_MECHANISMS] + [{":model": "lstm"}]
 
 
+def pathfinder_image_training(config: ml_collections.ConfigDict, *, difficulty: str,
+                              smoke: bool) -> None:
+    """Data and schedule of the Pathfinder image configs (configs/{maxvit,vit,cnn}_pathfinder.py):
+    `medium_32_<difficulty>` images (20,000 / 2,000 / 2,000) as `[32, 32, 1]` floats, turned by a
+    random symmetry of the square in training (`data.dihedral_augment`; no symmetry changes
+    whether the markers are joined); batch 32, AdamW lr 1e-3 with weight decay 0.05, 3,000 steps
+    (60 warmup, cosine), whole-split validation every 500 steps, model selection by validation
+    accuracy. `smoke`: the `tiny` images, 3 steps.
+
+    Raises:
+      ValueError: `difficulty` is not 'easy' or 'hard'.
+    """
+    if difficulty not in ("easy", "hard"):
+        raise ValueError(f"difficulty must be 'easy' or 'hard', got {difficulty!r}")
+    config.data = default_data_config(name="pathfinder", builder_config=f"medium_32_{difficulty}",
+                                      representation="image", dihedral_augment=True)
+    lra_training(config, steps=3_000, every=500, warmup_steps=60, learning_rate=1e-3)
+    config.optimizer.weight_decay = 0.05
+    config.log_every = 250
+    if smoke:
+        config.data.builder_config = "tiny"
+        set_schedule(config, steps=3, every=3, warmup_steps=1, batch_size=8, eval_batch_size=16,
+                     eval_batches=1, log_every=1)
+
+
 def video_training(config: ml_collections.ConfigDict, *, smoke: bool, ucf101: bool) -> None:
     """Data and schedule of the video configs (configs/video_*.py) on `moving_digits`: the
     `small` clips (8 frames of 16 x 16), batch 32, AdamW lr 2e-3, 1,000 steps (50 warmup,

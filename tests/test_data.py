@@ -112,6 +112,7 @@ def test_default_data_config_fields_and_types():
         "name", "builder_config", "representation", "data_dir", "path", "seq_len", "target_len",
         "num_frames", "train_split", "eval_split", "test_split", "text_key", "label_key",
         "image_key", "num_classes", "image_size", "randaugment_layers", "randaugment_magnitude",
+        "dihedral_augment",
     }
     assert set(config.keys()) == expected
     assert (config.name, config.builder_config, config.path) == ("listops", "tiny", None)

@@ -124,3 +124,50 @@ def test_randaugment_in_training_only():
     assert train[0]["image"].shape == (4, 32, 32, 3)
     changed = [not np.allclose(a, b) for a, b in zip(train[0]["image"], plain)]
     assert sum(changed) >= 3, changed  # 2 ops of 14, identity among them: rarely untouched
+
+
+def _square_symmetries(image: np.ndarray) -> list[np.ndarray]:
+    """The 8 images the square's symmetries make of `image` [S, S, C], by index arithmetic: the
+    pixel at (r, c) of each comes from the (row, column) the map below names."""
+    s = image.shape[0] - 1
+    maps = [lambda r, c: (r, c), lambda r, c: (c, s - r), lambda r, c: (s - r, s - c),
+            lambda r, c: (s - c, r), lambda r, c: (c, r), lambda r, c: (r, s - c),
+            lambda r, c: (s - c, s - r), lambda r, c: (s - r, c)]
+    rows, cols = np.meshgrid(np.arange(s + 1), np.arange(s + 1), indexing="ij")
+    return [image[m(rows, cols)] for m in maps]
+
+
+def test_dihedral_draws_each_symmetry_of_the_square():
+    image = (np.arange(5 * 5 * 2).reshape(5, 5, 2) % 251).astype(np.uint8)  # no symmetry
+    expected = _square_symmetries(image)
+    assert len({e.tobytes() for e in expected}) == 8
+    drawn = [image_ops.dihedral(image, np.random.default_rng([1, i])) for i in range(64)]
+    found = {next(k for k, e in enumerate(expected) if np.array_equal(d, e)) for d in drawn}
+    assert found == set(range(8))
+    assert all(d.dtype == np.uint8 and d.shape == image.shape for d in drawn)
+    np.testing.assert_array_equal(image_ops.dihedral(image, np.random.default_rng([1, 0])),
+                                  drawn[0])
+    with pytest.raises(ValueError, match=r"square images \[S, S, C\], got \(5, 4, 2\)"):
+        image_ops.dihedral(image[:, :4], np.random.default_rng(0))
+
+
+def test_dihedral_augment_turns_train_images_only():
+    config = data.default_data_config(name="pathfinder", builder_config="tiny",
+                                      representation="image", dihedral_augment=True)
+    ds = data.build(config, seed=0)
+    plain = data.build(data.default_data_config(name="pathfinder", builder_config="tiny",
+                                                representation="image"), seed=0)
+    train = ds.train_batch(2, global_batch_size=8)
+    np.testing.assert_array_equal(train["image"], ds.train_batch(2, global_batch_size=8)["image"])
+    unturned = plain.train_batch(2, global_batch_size=8)
+    np.testing.assert_array_equal(train["label"], unturned["label"])
+    for turned, original in zip(train["image"], unturned["image"]):
+        assert any(np.array_equal(turned, s) for s in _square_symmetries(original))
+    assert any(not np.array_equal(a, b) for a, b in zip(train["image"], unturned["image"]))
+    evaluation = next(ds.eval_batches("validation", global_batch_size=8))
+    np.testing.assert_array_equal(
+        evaluation["image"], next(plain.eval_batches("validation", global_batch_size=8))["image"])
+    with pytest.raises(ValueError, match=r"data.dihedral_augment=True augments images, but "
+                                         r"pathfinder is served as 'tokens'"):
+        data.build(data.default_data_config(name="pathfinder", builder_config="tiny",
+                                            seq_len=1024, dihedral_augment=True), seed=0)

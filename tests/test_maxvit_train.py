@@ -99,6 +99,7 @@ def test_vit_smoke_run(data_dir, tmp_path):
     ("maxvit_pathfinder", None, 1_404_068),
     ("maxvit_pathfinder", "block_only", None),
     ("vit_pathfinder", None, 1_399_042),
+    ("cnn_pathfinder", None, 277_858),
 ])
 def test_full_configs_build_for_their_data(name, arg, parameters):
     config = load_config(name, arg)
@@ -112,6 +113,20 @@ def test_full_configs_build_for_their_data(name, arg, parameters):
     assert config.best_metric == "accuracy" and config.data.representation == "image"
     if arg == "block_only":
         assert not config.model.grid_attention
+
+
+def test_pathfinder_image_configs_share_data_and_budget():
+    """The experiments/maxvit comparison: every model on the same images for the same steps."""
+    configs = [load_config(name, "difficulty=easy")
+               for name in ("maxvit_pathfinder", "vit_pathfinder", "cnn_pathfinder")]
+    for config in configs:
+        assert config.data.to_dict() == configs[0].data.to_dict()
+        assert config.optimizer.to_dict() == configs[0].optimizer.to_dict()
+        assert (config.num_train_steps, config.batch_size, config.eval_every) == (3000, 32, 500)
+    assert configs[0].data.builder_config == "medium_32_easy" and configs[0].data.dihedral_augment
+    assert load_config("cnn_pathfinder", "smoke").data.builder_config == "tiny"
+    with pytest.raises(ValueError, match="difficulty must be 'easy' or 'hard', got 'medium'"):
+        load_config("vit_pathfinder", "difficulty=medium")
 
 
 @pytest.mark.parametrize("variant", ["T", "S", "B"])

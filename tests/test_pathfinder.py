@@ -260,7 +260,8 @@ def test_deterministic_balanced_and_versioned(records):
     assert not np.array_equal(reseeded["image"], np.asarray(records["train"][0]["image"]))
     assert str(pathfinder.Pathfinder.VERSION) in pathfinder.Pathfinder.RELEASE_NOTES
     names = set(pathfinder.Pathfinder.builder_configs)
-    assert {"32_hard", "32_easy", "64_hard", "128_hard", "small_32_hard", "tiny"} <= names
+    assert {"32_hard", "32_easy", "64_hard", "128_hard", "small_32_hard", "medium_32_easy",
+            "tiny"} <= names
     assert pathfinder.Pathfinder.builder_configs["32_hard"].num_train == 160_000
 
 

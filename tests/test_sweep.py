@@ -76,7 +76,8 @@ def test_expand_lra_mechanism_sweep_into_workdirs_and_commands():
 @pytest.mark.parametrize("config, expected", [
     ("lra_listops.py", 6), ("lra_pathfinder.py", 6), ("transformer_lm.py", 3),
     ("video_divided.py", 6), ("video_keyframe.py", 2), ("crossmodal_qa.py", 7),
-    ("maxvit_pathfinder.py", 4), ("vit_pathfinder.py", 2), ("reformer_duplication.py", 4)])
+    ("maxvit_pathfinder.py", 4), ("vit_pathfinder.py", 2), ("cnn_pathfinder.py", 2),
+    ("reformer_duplication.py", 4)])
 def test_every_declared_sweep_expands_into_distinct_runs(config, expected):
     """The sweeps experiments/ README files give: each resolves to distinct configs."""
     path = os.path.join(CONFIG_DIR, config)

@@ -8,6 +8,9 @@
   size x size and flipped left-right with probability 1/2.
 - `randaugment(image, layers, magnitude, rng)`: RandAugment (Cubuk et al., 2020), `layers`
   operations of the paper's 14 drawn at random, each at `magnitude`.
+- `dihedral(image, rng)`: one of the 8 symmetries of the square (a rotation by a multiple of 90
+  degrees, transposed or not), uniformly: for tasks whose label no rotation or reflection changes
+  (Pathfinder's connectivity); square images only.
 All take uint8 `[H, W, C]` (C = 1 or 3) and return uint8 (`[size, size, C]` for the crops);
 resizing is bilinear (Pillow). The random ones are functions of the generator they are given, so
 a dataset can make them functions of (seed, batch position, example): resumable, the same on
@@ -147,3 +150,13 @@ def randaugment(image: np.ndarray, layers: int, magnitude: float,
         op = RANDAUGMENT_OPS[int(rng.integers(len(RANDAUGMENT_OPS)))]
         image = apply_op(image, op, magnitude, 1.0 if rng.random() < 0.5 else -1.0)
     return image
+
+
+def dihedral(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Symmetry number k ~ U{0..7} of the square: `image` rotated by (k % 4) * 90 degrees
+    counter-clockwise, then transposed if k >= 4. `[S, S, C]` -> `[S, S, C]`, same dtype."""
+    if image.ndim != 3 or image.shape[0] != image.shape[1]:
+        raise ValueError(f"dihedral augmentation needs square images [S, S, C], got {image.shape}")
+    k = int(rng.integers(8))
+    image = np.rot90(image, k % 4, axes=(0, 1))
+    return np.ascontiguousarray(image.transpose(1, 0, 2) if k >= 4 else image)

@@ -397,7 +397,8 @@ def example(seed: int, split: str, index: int, label: int, *, image_size: int,
 
 def _configs() -> list[PathfinderConfig]:
     """LRA-sized configs `<size>_<difficulty>` (LRA: 160,000/20,000/20,000 images), CPU-sized
-    `small_<size>_<difficulty>` (2,000/500/500), and `tiny` (32 hard, 96/32/32) for tests."""
+    `small_<size>_<difficulty>` (2,000/500/500) and `medium_<size>_<difficulty>`
+    (20,000/2,000/2,000), and `tiny` (32 hard, 96/32/32) for tests."""
     configs = []
     for size in (32, 64, 128):
         for difficulty in DIFFICULTIES:
@@ -411,6 +412,12 @@ def _configs() -> list[PathfinderConfig]:
                 description=f"CPU-sized Pathfinder-{size} ({difficulty}): 2,000/500/500.",
                 image_size=size, difficulty=difficulty,
                 num_train=2_000, num_validation=500, num_test=500))
+            configs.append(PathfinderConfig(
+                name=f"medium_{size}_{difficulty}",
+                description=f"Pathfinder-{size} ({difficulty}) for CPU runs that must generalise: "
+                            "20,000/2,000/2,000.",
+                image_size=size, difficulty=difficulty,
+                num_train=20_000, num_validation=2_000, num_test=2_000))
     configs.append(PathfinderConfig(
         name="tiny", description="Tests and smoke runs: Pathfinder-32 (hard), 96/32/32.",
         image_size=32, difficulty="hard", num_train=96, num_validation=32, num_test=32))
@@ -421,7 +428,8 @@ class Pathfinder(tfds.core.GeneratorBasedBuilder):
     """LRA Pathfinder: are the two markers connected by one dashed path?"""
 
     VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Generated Pathfinder: sizes 32/64/128, easy/hard, LRA/small/tiny."}
+    RELEASE_NOTES = {
+        "1.0.0": "Generated Pathfinder: sizes 32/64/128, easy/hard, LRA/small/medium/tiny."}
     BUILDER_CONFIGS = _configs()
     DEFAULT_BUILDER_CONFIG_NAME = "32_hard"
 

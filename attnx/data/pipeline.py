@@ -87,6 +87,9 @@ def default_data_config(**overrides: Any) -> ml_collections.ConfigDict:
     # 'image' training: RandAugment's number of operations per image (0: off) and magnitude.
     config.randaugment_layers = 0
     config.randaugment_magnitude = 10.0
+    # 'image' training: each image turned by one of the square's 8 symmetries (rotations by 90
+    # degrees, reflections), for labels none of them changes (Pathfinder); square images only.
+    config.dihedral_augment = False
     config.train_split = "train"
     config.eval_split = "validation"
     config.test_split = "test"
@@ -263,7 +266,8 @@ def _representation(spec: DatasetSpec, config: ml_collections.ConfigDict) -> Rep
     """The representation `data.representation` names (None: the spec's default).
 
     Raises:
-      ValueError: the dataset has no such representation (the valid ones are listed).
+      ValueError: the dataset has no such representation (the valid ones are listed), or image
+        augmentation is asked of another representation.
     """
     name = spec.default if config.representation is None else config.representation
     if name not in spec.representations:
@@ -272,6 +276,11 @@ def _representation(spec: DatasetSpec, config: ml_collections.ConfigDict) -> Rep
             f"{config.name}; expected one of {sorted(spec.representations)} (None: "
             f"{spec.default!r})"
         )
+    augmented = [f"data.{field}={config.get(field)!r}"
+                 for field in ("randaugment_layers", "dihedral_augment") if config.get(field)]
+    if augmented and name != "image":
+        raise ValueError(f"{', '.join(augmented)} augments images, but {config.name} is served "
+                         f"as {name!r}; set data.representation='image' or turn it off")
     return spec.representations[name]
 
 

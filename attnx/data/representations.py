@@ -15,7 +15,8 @@ checks the config fits the dataset and reads its feature keys from the config (`
 - `images`, 'image_classification': `{'image': float32 [b, H, W, C] in [0, 1], 'label',
   'weights'}`; uint8 pixels are divided by 255, float ones kept. With `data.image_size` = S,
   images of any size are cut to `[S, S, C]` (random resized crop + flip to train, central crop
-  to evaluate: `image_ops`); `data.randaugment_layers` > 0 adds RandAugment to train images.
+  to evaluate: `image_ops`); `data.randaugment_layers` > 0 adds RandAugment to train images,
+  `data.dihedral_augment` a random rotation by 90 degrees and reflection (`image_ops.dihedral`).
 - `clips`, 'video_classification': `{'video': float32 [b, T, H, W, C] in [0, 1], 'frame_mask':
   bool [b, T], 'label', 'weights'}` with T = `data.num_frames` (None: the clips' fixed length);
   longer clips keep their first T frames, shorter ones are padded with zero frames, masked False.
@@ -187,12 +188,14 @@ class Images:
     With `crop` ('train' or 'eval') the records' images may have any size and are cut to
     `shape` by `image_ops.train_crop` or `image_ops.eval_crop`; without, they must already have
     `shape`. `randaugment` = (layers, magnitude) applies `image_ops.randaugment` after the crop
-    (train sources only). The random steps draw from (seed, batch position, example): `rows_at`.
+    and `dihedral` then `image_ops.dihedral` (train sources only). The random steps draw from
+    (seed, batch position, example): `rows_at`.
     """
 
     def __init__(
         self, source: Any, image_key: str, label_key: str, shape: tuple[int, int, int],
         crop: str | None = None, randaugment: tuple[int, float] | None = None,
+        dihedral: bool = False,
     ) -> None:
         self._source = source
         self._image_key = image_key
@@ -200,7 +203,8 @@ class Images:
         self._shape = shape
         self._crop = crop
         self._randaugment = randaugment
-        self._random = crop == "train" or randaugment is not None
+        self._dihedral = dihedral
+        self._random = crop == "train" or randaugment is not None or dihedral
 
     def __len__(self) -> int:
         return len(self._source)
@@ -215,6 +219,8 @@ class Images:
             pixels = image_ops.train_crop(pixels, self._shape[0], rng)
         if self._randaugment is not None:
             pixels = image_ops.randaugment(pixels, *self._randaugment, rng)
+        if self._dihedral:
+            pixels = image_ops.dihedral(pixels, rng)
         return unit_interval(pixels)
 
     def rows(self, indices: np.ndarray) -> Batch:
@@ -447,9 +453,14 @@ def images(builder: tfds.core.DatasetBuilder, config: ml_collections.ConfigDict)
         raise ValueError(f"data.randaugment_layers={layers} augments uint8 images with 1 or 3 "
                          f"channels; data.image_key={config.image_key!r} of {builder.name} has "
                          f"shape {shape}")
+    dihedral = bool(config.get("dihedral_augment", False))
     if size is None:
         _static(shape, "images", builder, config,
                 ": set data.image_size to crop them to one (e.g. 224)")
+        if dihedral and shape[0] != shape[1]:
+            raise ValueError(f"data.dihedral_augment turns square images; data.image_key="
+                             f"{config.image_key!r} of {builder.name} has shape {shape} (set "
+                             "data.image_size to crop them square)")
     else:
         if size < 1:
             raise ValueError(f"data.image_size must be >= 1 or None, got {size}")
@@ -466,7 +477,8 @@ def images(builder: tfds.core.DatasetBuilder, config: ml_collections.ConfigDict)
     def open_split(source: Any, split: str, train: bool) -> RowSource:
         crop = None if size is None else ("train" if train else "eval")
         augment = (layers, magnitude) if layers and train else None
-        return Images(source, config.image_key, config.label_key, shape, crop, augment)
+        return Images(source, config.image_key, config.label_key, shape, crop, augment,
+                      dihedral and train)
 
     return Served(info, open_split)
 
