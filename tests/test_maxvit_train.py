@@ -100,6 +100,7 @@ def test_vit_smoke_run(data_dir, tmp_path):
     ("maxvit_pathfinder", "block_only", None),
     ("vit_pathfinder", None, 1_399_042),
     ("cnn_pathfinder", None, 277_858),
+    ("cnn_pathfinder", "first_stride=2", 277_858),
 ])
 def test_full_configs_build_for_their_data(name, arg, parameters):
     config = load_config(name, arg)

@@ -128,3 +128,19 @@ def test_attention_map_images_show_the_causal_pattern(lm):
     head = image[:, :6]  # 12 x 12 max-pooled by 2
     assert np.all(np.triu(head, 1) == 0.0) and np.all(np.diag(head) > 0.0)
     assert np.all(image[:, 6] == 1.0)  # separator column
+
+
+def test_convnet_first_stride_subsamples_the_first_convolution():
+    """`first_stride=2`: the first convolution is the stride-1 one (same weights) read at every
+    other pixel (SAME padding on an even map puts stride 2's windows at odd centres)."""
+    from attnx.models import cnn
+    plain = cnn.ConvNet(cnn.ConvNetConfig(num_classes=2, image_shape=(8, 8, 1), channels=(3, 4)),
+                        rngs=nnx.Rngs(0))
+    strided = cnn.ConvNet(cnn.ConvNetConfig(num_classes=2, image_shape=(8, 8, 1), channels=(3, 4),
+                                            first_stride=2), rngs=nnx.Rngs(0))
+    image = jax.random.uniform(jax.random.key(1), (2, 8, 8, 1))
+    full, subsampled = plain.convs[0](image), strided.convs[0](image)
+    assert subsampled.shape == (2, 4, 4, 3)
+    np.testing.assert_allclose(subsampled, full[:, 1::2, 1::2], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="model.first_stride must be 1 or 2, got 3"):
+        cnn.ConvNetConfig(num_classes=2, image_shape=(8, 8, 1), first_stride=3)

@@ -1,7 +1,7 @@
 """A small convolutional image classifier with BatchNorm: the convolutional baseline for image tasks.
 
-Each stage is a 3x3 convolution (stride 2 after the first stage) -> BatchNorm -> ReLU; global
-average pooling and a linear head follow. BatchNorm statistics are the model's non-parameter state
+Each stage is a 3x3 convolution (the first at stride `first_stride`, 1 by default; the others at
+stride 2) -> BatchNorm -> ReLU; global average pooling and a linear head follow. BatchNorm statistics are the model's non-parameter state
 (`nnx.BatchStat`): training (`rng` given) normalises with the batch's statistics and updates the
 running averages; evaluation (`rng=None`) uses the running averages and changes nothing.
 """
@@ -25,6 +25,7 @@ class ConvNetConfig:
     num_classes: int
     image_shape: tuple[int, int, int]
     channels: tuple[int, ...] = (16, 32)
+    first_stride: int = 1
     bn_momentum: float = 0.9
     dtype: Any = jnp.float32
 
@@ -33,6 +34,8 @@ class ConvNetConfig:
             raise ValueError(f"image_shape must be (H, W, C), got {self.image_shape}")
         if not self.channels or min(self.channels) < 1:
             raise ValueError(f"model.channels must be positive, got {self.channels}")
+        if self.first_stride not in (1, 2):
+            raise ValueError(f"model.first_stride must be 1 or 2, got {self.first_stride}")
         object.__setattr__(self, "image_shape", tuple(self.image_shape))
         object.__setattr__(self, "channels", tuple(self.channels))
 
@@ -44,8 +47,8 @@ class ConvNet(nnx.Module):
         self.cfg = cfg
         widths = (cfg.image_shape[-1],) + cfg.channels
         self.convs = nnx.List([
-            nnx.Conv(c_in, c_out, (3, 3), strides=1 if i == 0 else 2, use_bias=False,
-                     dtype=cfg.dtype, rngs=rngs)
+            nnx.Conv(c_in, c_out, (3, 3), strides=cfg.first_stride if i == 0 else 2,
+                     use_bias=False, dtype=cfg.dtype, rngs=rngs)
             for i, (c_in, c_out) in enumerate(zip(widths[:-1], widths[1:]))])
         self.norms = nnx.List([nnx.BatchNorm(c, momentum=cfg.bn_momentum, rngs=rngs)
                                for c in cfg.channels])
