@@ -1,9 +1,10 @@
 """A small convolutional image classifier with BatchNorm: the convolutional baseline for image tasks.
 
 Each stage is a 3x3 convolution (the first at stride `first_stride`, 1 by default; the others at
-stride 2) -> BatchNorm -> ReLU; global average pooling and a linear head follow. BatchNorm statistics are the model's non-parameter state
-(`nnx.BatchStat`): training (`rng` given) normalises with the batch's statistics and updates the
-running averages; evaluation (`rng=None`) uses the running averages and changes nothing.
+stride 2) -> BatchNorm -> ReLU; global average pooling and a linear head follow. BatchNorm
+statistics are the model's non-parameter state (`nnx.BatchStat`): training (`rng` given)
+normalises with the batch's statistics and updates the running averages; evaluation
+(`rng=None`) uses the running averages and changes nothing.
 """
 
 from __future__ import annotations
