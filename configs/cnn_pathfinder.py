@@ -6,8 +6,8 @@ r"""The convolutional baseline on Pathfinder-32 images, beside configs/maxvit_pa
 
 `attnx/models/cnn.py`'s ConvNet: five 3x3 convolutions of 32, 64, 64, 128, 128 channels (the
 first at stride 1, then stride 2: maps of 32, 16, 8, 4, 2), BatchNorm and ReLU, global average
-pooling, a linear head: 0.28M parameters (277,858). No attention: a control that says whether the task is
-learnable in the budget at all. Data and training as configs/maxvit_pathfinder.py
+pooling, a linear head: 0.28M parameters (277,858). No attention: a control that says whether
+the task is learnable in the budget at all. Data and training as configs/maxvit_pathfinder.py
 (`config_lib.pathfinder_image_training`). Arguments: `difficulty=hard|easy`; `first_stride=2`:
 the first convolution at stride 2 too (maps of 16, 8, 4, 2, 1: the early downsampling of
 MaxViT's stem); `smoke`: the `tiny` builder config, two convolutions of 8 channels, 3 steps.

@@ -7,8 +7,8 @@ r"""MaxViT on Pathfinder-32 images (are the two circles joined by one dashed pat
     python -m attnx.train --config=configs/maxvit_pathfinder.py --mode=eval --split=test
 
 Images come from the generated `pathfinder` TFDS builder (`attnx/data/pathfinder.py`): its
-`medium_32_<difficulty>` config (20,000 training images; generated on first use, about 3 minutes
-for easy and 18 for hard on one core), served as float images `[32, 32, 1]`
+`medium_32_<difficulty>` config (20,000 training images; generated on first use, about 3.5
+minutes for easy and 18 for hard on one core), served as float images `[32, 32, 1]`
 (`data.representation='image'`), each training image turned by a random symmetry of the square
 (`data.dihedral_augment`). Arguments:
 - `variant=cpu32|T|S|B`: `attnx.models.maxvit.VARIANTS`. At 32 x 32 the stage maps are 8, 4, 2

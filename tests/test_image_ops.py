@@ -151,12 +151,12 @@ def test_dihedral_draws_each_symmetry_of_the_square():
         image_ops.dihedral(image[:, :4], np.random.default_rng(0))
 
 
-def test_dihedral_augment_turns_train_images_only():
-    config = data.default_data_config(name="pathfinder", builder_config="tiny",
-                                      representation="image", dihedral_augment=True)
-    ds = data.build(config, seed=0)
-    plain = data.build(data.default_data_config(name="pathfinder", builder_config="tiny",
-                                                representation="image"), seed=0)
+def test_dihedral_augment_turns_train_images_only(data_dir):
+    def tiny(**fields):
+        return data.build(data.default_data_config(
+            name="pathfinder", builder_config="tiny", data_dir=data_dir, **fields), seed=0)
+
+    ds, plain = tiny(representation="image", dihedral_augment=True), tiny(representation="image")
     train = ds.train_batch(2, global_batch_size=8)
     np.testing.assert_array_equal(train["image"], ds.train_batch(2, global_batch_size=8)["image"])
     unturned = plain.train_batch(2, global_batch_size=8)
@@ -169,5 +169,4 @@ def test_dihedral_augment_turns_train_images_only():
         evaluation["image"], next(plain.eval_batches("validation", global_batch_size=8))["image"])
     with pytest.raises(ValueError, match=r"data.dihedral_augment=True augments images, but "
                                          r"pathfinder is served as 'tokens'"):
-        data.build(data.default_data_config(name="pathfinder", builder_config="tiny",
-                                            seq_len=1024, dihedral_augment=True), seed=0)
+        tiny(seq_len=1024, dihedral_augment=True)

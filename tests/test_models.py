@@ -8,6 +8,7 @@ import pytest
 from flax import nnx
 
 from attnx import config_lib, models
+from attnx.models import cnn
 
 
 def _model(name, **overrides):
@@ -133,7 +134,6 @@ def test_attention_map_images_show_the_causal_pattern(lm):
 def test_convnet_first_stride_subsamples_the_first_convolution():
     """`first_stride=2`: the first convolution is the stride-1 one (same weights) read at every
     other pixel (SAME padding on an even map puts stride 2's windows at odd centres)."""
-    from attnx.models import cnn
     plain = cnn.ConvNet(cnn.ConvNetConfig(num_classes=2, image_shape=(8, 8, 1), channels=(3, 4)),
                         rngs=nnx.Rngs(0))
     strided = cnn.ConvNet(cnn.ConvNetConfig(num_classes=2, image_shape=(8, 8, 1), channels=(3, 4),
