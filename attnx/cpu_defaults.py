@@ -6,8 +6,8 @@ blocks of 64-384 rows, head dim 64) those fusions ran at 31-51 GFLOP/s where XLA
 at 45-116 on this project's 2-core AMD EPYC (`python scripts/cpu_dot_paths.py --torch`; torch
 ran the same products at 82-107). Turning that one fusion type off (YNNPACK keeps its
 element-wise and reduction fusions) made `flash`, `local`, `lsh` and `longformer` 10-21% faster
-forward + backward at 4,096 and 8,192 tokens (0-9% slower at 2,048) and the Reformer LM step
-2-7% faster, with dense attention unchanged within noise (experiments/efficiency/README.md).
+forward + backward at 4,096 and 8,192 tokens (at 2,048 within noise: 9% faster to 9% slower)
+and the Reformer LM step 1-7% faster, with dense attention unchanged within noise (experiments/efficiency/README.md).
 On JAX 0.11 and 0.12 YNNPACK's dots are faster and the same flag made those mechanisms 3-31%
 slower, so there attnx leaves XLA's default alone.
 
