@@ -8,8 +8,8 @@ ran the same products at 82-107). Turning that one fusion type off (YNNPACK keep
 element-wise and reduction fusions) made `flash`, `local`, `lsh` and `longformer` 10-21% faster
 forward + backward at 4,096 and 8,192 tokens (at 2,048 within noise: 9% faster to 9% slower)
 and the Reformer LM step 1-7% faster, with dense attention unchanged within noise
-(experiments/efficiency/README.md). On JAX 0.11 and 0.12 YNNPACK's dots are faster and the same flag made those mechanisms 3-31%
-slower, so there attnx leaves XLA's default alone.
+(experiments/efficiency/README.md). On JAX 0.11 and 0.12 YNNPACK's dots are faster and the same
+flag made those mechanisms 3-31% slower, so there attnx leaves XLA's default alone.
 
 XLA reads its flags once, when JAX creates its first backend, so `apply()` runs when `attnx` is
 imported and, on JAX 0.10, adds `--xla_cpu_experimental_ynn_fusion_type=-individual_dot` to

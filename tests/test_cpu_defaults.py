@@ -1,4 +1,4 @@
-"""attnx's XLA:CPU default (attnx/cpu_defaults.py): when `import attnx` sets it, and that it works."""
+"""attnx's XLA:CPU default (attnx/cpu_defaults.py): when `import attnx` sets it; that it works."""
 
 import os
 import subprocess
