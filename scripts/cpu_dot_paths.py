@@ -21,8 +21,12 @@ import json
 import os
 import subprocess
 import sys
+from typing import Any, Callable
+
+import numpy as np
 
 from attnx import cpu_defaults
+from attnx.bench import measure
 
 # name: (einsum, lhs shape, rhs shape); every product has 2 * prod(batch, m, n, k) FLOPs.
 SHAPES = {
@@ -32,26 +36,26 @@ SHAPES = {
     "local out [256,128,64]x[256,128,64]": ("ckq,ckh->cqh", (256, 128, 64), (256, 128, 64)),
 }
 SETTINGS = {
-    "YNNPACK individual dot (XLA's default)": {"ATTNX_XLA_CPU_DEFAULTS": "0"},
+    "YNNPACK individual dot (XLA's default)": {cpu_defaults.OPT_OUT: "0"},
     "XLA's own dot (-individual_dot)": {"XLA_FLAGS": cpu_defaults.FLAG},
 }
 
 
 def flops(eq: str, lhs: tuple[int, ...], rhs: tuple[int, ...]) -> int:
-    sizes = dict(zip(eq.split("->")[0].split(",")[0], lhs)) | dict(
-        zip(eq.split("->")[0].split(",")[1], rhs))
-    total = 2
-    for size in sizes.values():
-        total *= size
-    return total
+    """2 x the product of every index's size in the einsum `eq` of operands `lhs`, `rhs`."""
+    lhs_indices, rhs_indices = eq.split("->")[0].split(",")
+    sizes = {**dict(zip(lhs_indices, lhs)), **dict(zip(rhs_indices, rhs))}
+    return 2 * int(np.prod(list(sizes.values())))
+
+
+def _per_product_seconds(call: Callable[[], Any]) -> float:
+    """Median over 7 timings of `call` (16 products, blocking), divided by 16."""
+    return float(np.median(measure.run_times(call, repeats=7))) / 16
 
 
 def _measure_jax() -> dict[str, float]:
-    import time
-
     import jax
     import jax.numpy as jnp
-    import numpy as np
 
     result = {}
     for name, (eq, lhs, rhs) in SHAPES.items():
@@ -64,39 +68,25 @@ def _measure_jax() -> dict[str, float]:
             return jax.lax.scan(body, jnp.float32(0), None, length=16)[0]
 
         fn = jax.jit(chained)
-        jax.block_until_ready(fn(a, b))
-        times = []
-        for _ in range(7):
-            start = time.perf_counter()
-            jax.block_until_ready(fn(a, b))
-            times.append((time.perf_counter() - start) / 16)
-        result[name] = flops(eq, lhs, rhs) / float(np.median(times)) / 1e9
+        seconds = _per_product_seconds(lambda: jax.block_until_ready(fn(a, b)))
+        result[name] = flops(eq, lhs, rhs) / seconds / 1e9
     return result
 
 
 def _measure_torch() -> dict[str, float]:
-    import time
-
-    import numpy as np
     import torch
 
     torch.set_num_threads(os.cpu_count() or 1)
     result = {}
     for name, (eq, lhs, rhs) in SHAPES.items():
         a, b = torch.randn(*lhs), torch.randn(*rhs)
-        torch.einsum(eq, a, b)
-        times = []
-        for _ in range(7):
-            start = time.perf_counter()
-            for _ in range(16):
-                torch.einsum(eq, a, b)
-            times.append((time.perf_counter() - start) / 16)
-        result[name] = flops(eq, lhs, rhs) / float(np.median(times)) / 1e9
+        seconds = _per_product_seconds(lambda: [torch.einsum(eq, a, b) for _ in range(16)])
+        result[name] = flops(eq, lhs, rhs) / seconds / 1e9
     return result
 
 
 def _child(setting: str) -> dict[str, float]:
-    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "ATTNX_XLA_CPU_DEFAULTS")}
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", cpu_defaults.OPT_OUT)}
     env.update(SETTINGS[setting])
     out = subprocess.run([sys.executable, __file__, "--child"], env=env, check=True,
                          capture_output=True, text=True).stdout
@@ -121,8 +111,6 @@ def main() -> None:
                   file=sys.stderr, flush=True)
             runs[setting].append(_measure_torch() if setting.startswith("torch") else
                                  _child(setting))
-    import numpy as np
-
     print("| product | " + " | ".join(runs) + " |")
     print("|---|" + "---|" * len(runs))
     for name in SHAPES:

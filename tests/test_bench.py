@@ -59,6 +59,9 @@ def test_all_outputs_with_every_mechanism(run):
     payload = json.loads((out / "bench.json").read_text())
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert payload["environment"]["jax"]
+    assert payload["environment"]["xla_flags"] == os.environ.get("XLA_FLAGS", "")
+    if os.environ.get("XLA_FLAGS"):
+        assert f"XLA_FLAGS: `{os.environ['XLA_FLAGS']}`." in markdown
     by_name = {r["mechanism"]: r for r in payload["records"]}
     assert len(payload["records"]) == len(registry.names(layout="sequence")) + 1
     assert set(by_name) == set(registry.names(layout="sequence")) | {"missing"}

@@ -143,6 +143,8 @@ def to_markdown(records: list[Record], *, repeats: int, environment: dict[str, A
     if "load_average_1_5_15_min" in environment:
         lines[-1] += (" Load average over the last 15 minutes at the end of the run: "
                       f"{environment['load_average_1_5_15_min'][2]}.")
+    if environment.get("xla_flags"):
+        lines[-1] += f" XLA_FLAGS: `{environment['xla_flags']}`."
     if not any(r.mechanism == BASELINE and r.status == "measured" for r in ours):
         lines += ["", "Dense attention was not measured in this run, so there are no ratios."]
     for mode in ("fwd_bwd", "fwd"):
@@ -255,6 +257,8 @@ def environment_info(peers: bool) -> dict[str, Any]:
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "total_memory_bytes": int(psutil.virtual_memory().total),
         "load_average_1_5_15_min": [round(x, 2) for x in os.getloadavg()],
+        # XLA's flags pick the CPU kernels (attnx/cpu_defaults.py), so they belong to the result.
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
     }
     if peers and peers_unavailable_reason() is None:
         import torch
