@@ -225,9 +225,26 @@ def measure(
     except Exception as error:  # a missing or half-written module: report it, keep benchmarking
         record.status, record.message = "unavailable", first_line(error)
         return record
+    calls = bench_calls(mechanism, fn, options, (batch, length, heads, head_dim), dtype, seed)
+    for mode, (function, args) in calls.items():
+        record.timings[mode] = _compile_and_time(function, args, repeats)
+    return record
+
+
+def bench_calls(
+    mechanism: registry.Mechanism,
+    fn: Callable[..., Any],
+    options: dict[str, Any],
+    shape: tuple[int, int, int, int],
+    dtype: str = "float32",
+    seed: int = 0,
+) -> dict[str, tuple[Callable[..., Any], tuple[jax.Array, ...]]]:
+    """What the bench times, by mode: "fwd" `(rng, *inputs) -> out` and "fwd_bwd"
+    `(rng, cotangent, *inputs) -> (out, input grads)` of the mechanism's function `fn` with
+    `options`, each with its arguments: random inputs of `shape` `[B, T, N, H]` (q, k, v, or qk, v
+    when the mechanism shares keys and queries) and a random cotangent."""
     call = _mechanism_call(mechanism, fn, options)
     keys = jax.random.split(jax.random.key(seed), 5)
-    shape = (batch, length, heads, head_dim)
     n_inputs = 2 if mechanism.shared_qk else 3
     inputs = [jax.random.normal(key, shape, dtype) for key in keys[:n_inputs]]
     cotangent = jax.random.normal(keys[3], shape, dtype)
@@ -237,9 +254,7 @@ def measure(
         out, vjp = jax.vjp(lambda *xs: call(rng, *xs), *inputs)
         return out, vjp(cotangent)
 
-    record.timings["fwd"] = _compile_and_time(call, (rng, *inputs), repeats)
-    record.timings["fwd_bwd"] = _compile_and_time(fwd_bwd, (rng, cotangent, *inputs), repeats)
-    return record
+    return {"fwd": (call, (rng, *inputs)), "fwd_bwd": (fwd_bwd, (rng, cotangent, *inputs))}
 
 
 def fmt(x: float) -> str:

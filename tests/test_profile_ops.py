@@ -1,0 +1,74 @@
+"""Tests of scripts/profile_ops.py: HLO parsing (FLOPs of dots by hand) and a traced profile."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "scripts", "profile_ops.py")
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("profile_ops", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+profile_ops = _load()
+
+HLO = """
+ENTRY %main (a: f32[4,128,64], b: f32[4,384,64]) -> f32[4,128,384] {
+  %a = f32[4,128,64]{2,1,0} parameter(0)
+  %b = f32[4,384,64]{2,1,0} parameter(1)
+  %neg = f32[4,384,64]{2,1,0} negate(%b)
+  ROOT %dot.3 = f32[4,128,384]{2,1,0} dot(%a, %neg), lhs_batch_dims={0}, lhs_contracting_dims={2}, rhs_batch_dims={0}, rhs_contracting_dims={2}
+}
+"""
+
+
+def test_hlo_ops_names_every_instruction_and_counts_dot_flops():
+    ops = profile_ops.hlo_ops(HLO)
+    assert set(ops) == {"a", "b", "neg", "dot.3"}
+    assert ops["dot.3"].opcode == "dot" and ops["neg"].opcode == "negate"
+    assert ops["dot.3"].flops == 2 * 4 * 128 * 384 * 64  # 2 x output elements x contracted 64
+    assert ops["neg"].flops is None
+
+
+def test_profile_finds_the_dot_once_per_call_at_its_flops():
+    x = jnp.ones((256, 128), jnp.float32)
+    y = jnp.ones((128, 64), jnp.float32)
+    ops, wall_us = profile_ops.profile(lambda x, y: jnp.tanh(x @ y), (x, y), calls=3)
+    dots = [op for op in ops if op.opcode == "dot"]
+    if jax.default_backend() == "cpu" and not dots:  # a library fusion took the product
+        dots = [op for op in ops if "fusion" in op.opcode]
+    assert dots and dots[0].count == 3
+    assert all(op.total_us > 0 for op in ops)
+    assert wall_us > 0
+    if dots[0].flops is not None:
+        assert dots[0].flops == 2 * 256 * 64 * 128
+
+
+def test_script_prints_a_table_for_a_registered_mechanism():
+    out = subprocess.run(
+        [sys.executable, SCRIPT, "--mechanism=dense", "--length=64", "--heads=2", "--head_dim=16",
+         "--calls=2", "--top=5"], capture_output=True, text=True, check=True, timeout=300).stdout
+    lines = out.splitlines()
+    assert lines[0].startswith("dense fwd_bwd, [B, T, N, H] = [1, 64, 2, 16]")
+    assert lines[1] == "| op | kind | ms per call | runs per call | GFLOP/s |"
+    rows = [line for line in lines[3:] if line.startswith("| ")]
+    assert 1 <= len(rows) <= 5
+    assert any("| dot |" in row for row in rows)
+
+
+def test_calls_below_one_is_an_error():
+    result = subprocess.run([sys.executable, SCRIPT, "--mechanism=dense", "--calls=0"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "--calls must be >= 1, got 0" in result.stderr
