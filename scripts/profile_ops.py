@@ -10,7 +10,9 @@ can be traced to the products, the element-wise passes or the layout copies arou
 
 Times are the profiler's (tracing slows calls a little) and an op's time includes waiting for the
 thread pool while XLA runs other ops side by side, so the column can add up to more than the
-wall time per call; compare profiles of the same run, on an otherwise idle machine.
+wall time per call; compare profiles of the same run, on an otherwise idle machine. With
+`XLA_FLAGS=--xla_cpu_multi_thread_eigen=false` (products on one thread each) the ops' times add
+up to the wall time.
 """
 
 from __future__ import annotations
