@@ -2,8 +2,9 @@
 
 Traces `--calls` calls of what `python -m attnx.bench` times (forward, or forward + backward, on
 the bench's inputs and options) with `jax.profiler`, and prints each compiled HLO op's time per
-call, how often it ran per call and, for dots, the GFLOP/s it reached, so a disappointing figure
-can be traced to the products, the element-wise passes or the layout copies around them.
+call, how often it ran per call and, for products (dots, and fusions that contain dots, as
+YNNPACK's do), the GFLOP/s it reached, so a disappointing figure can be traced to the products,
+the element-wise passes or the layout copies around them.
 
     python scripts/profile_ops.py --mechanism=longformer --length=4096 [--mode=fwd_bwd]
         [--calls=10] [--top=25] [--batch=1 --heads=4 --head_dim=64]
@@ -34,6 +35,8 @@ from attnx.bench import measure
 
 # `%name = f32[4,128,384]{2,1,0} dot(%a, %b), lhs_batch_dims=..., lhs_contracting_dims={2}, ...`
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%(\S+) = (\w+)\[([\d,]*)\]\S* (\S+)\((.*)$")
+# `%fused_computation.4 (param_0: f32[4,128,64], ...) -> f32[4,128,384] {`
+_COMPUTATION = re.compile(r"^\s*(?:ENTRY )?%(\S+) \(.*\{\s*$")
 
 
 @dataclasses.dataclass
@@ -44,26 +47,40 @@ class OpTime:
     opcode: str
     total_us: float = 0.0
     count: int = 0
-    flops: float | None = None  # per execution, for dots
+    flops: float | None = None  # per execution: a dot's, or the dots' inside a fusion
 
 
 def hlo_ops(hlo_text: str) -> dict[str, OpTime]:
-    """The instructions of compiled HLO text, by name, with the FLOPs of each dot (2 x output
-    elements x contracted size)."""
+    """The instructions of compiled HLO text, by name, with the FLOPs (2 x output elements x
+    contracted size) of each dot and of each fusion that contains dots (e.g. a library fusion)."""
     shapes: dict[str, tuple[int, ...]] = {}
     ops: dict[str, OpTime] = {}
+    computation_flops: collections.Counter[str] = collections.Counter()
+    calls: dict[str, str] = {}
+    computation = ""
     for line in hlo_text.splitlines():
+        header = _COMPUTATION.match(line)
+        if header:
+            computation = header.group(1)
+            continue
         match = _INSTRUCTION.match(line)
         if not match:
             continue
         name, _, dims, opcode, rest = match.groups()
         shapes[name] = tuple(int(d) for d in dims.split(",") if d)
         ops[name] = OpTime(name, opcode)
+        called = re.search(r"calls=%([^,\s]+)", rest)
+        if called:
+            calls[name] = called.group(1)
         if opcode == "dot":
             lhs = re.match(r"%([^,\s)]+)", rest).group(1)
             contracting = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", rest).group(1)
             contracted = math.prod(shapes[lhs][int(i)] for i in contracting.split(",") if i)
             ops[name].flops = 2.0 * math.prod(shapes[name]) * contracted
+            computation_flops[computation] += ops[name].flops
+    for name, called in calls.items():
+        if computation_flops[called]:
+            ops[name].flops = float(computation_flops[called])
     return ops
 
 
