@@ -27,6 +27,7 @@ import json
 import math
 import re
 import tempfile
+import time
 
 import jax
 
@@ -86,28 +87,28 @@ def hlo_ops(hlo_text: str) -> dict[str, OpTime]:
 
 def profile(function, args, calls: int) -> tuple[list[OpTime], float]:
     """Per-op profile of `calls` calls of jitted `function(*args)`: the ops (slowest first) and
-    the mean wall time per call in microseconds, from the trace."""
+    the mean wall time per traced call in microseconds."""
     compiled = jax.jit(function).lower(*args).compile()
     ops = hlo_ops(compiled.as_text())
     for _ in range(2):
         jax.block_until_ready(compiled(*args))
     with tempfile.TemporaryDirectory() as log_dir:
         with jax.profiler.trace(log_dir, create_perfetto_trace=True):
+            start = time.perf_counter()
             for _ in range(calls):
                 jax.block_until_ready(compiled(*args))
+            wall_us = 1e6 * (time.perf_counter() - start) / calls
         (path,) = glob.glob(f"{log_dir}/**/perfetto_trace.json.gz", recursive=True)
         with gzip.open(path) as f:
             trace = json.load(f)
     events = trace["traceEvents"] if isinstance(trace, dict) else trace
-    wall = [e["dur"] for e in events
-            if e.get("ph") == "X" and e.get("name") == "ThunkExecutor::Execute (wait for completion)"]
     for event in events:
         op = ops.get(event.get("name"))
         if event.get("ph") == "X" and op is not None:
             op.total_us += event["dur"]
             op.count += 1
     ran = sorted((op for op in ops.values() if op.count), key=lambda op: -op.total_us)
-    return ran, sum(wall) / calls if wall else float("nan")
+    return ran, wall_us
 
 
 def main() -> None:

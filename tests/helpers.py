@@ -1,10 +1,12 @@
-"""Shared test helpers: load a config file by name, as `--config=configs/<name>:<arg>` would; a
-run's train-step ingredients."""
+"""Shared test helpers: load a config file by name, as `--config=configs/<name>:<arg>` would; load
+a script of scripts/ as a module; a run's train-step ingredients."""
 
 import importlib.util
 import os
+import sys
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs")
+SCRIPT_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "scripts")
 
 
 def load_config(name: str, arg: str | None = None):
@@ -14,6 +16,15 @@ def load_config(name: str, arg: str | None = None):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.get_config(arg)
+
+
+def load_script(name: str):
+    """`scripts/<name>.py` as module `name` (registered in sys.modules, where dataclasses and
+    pickling look modules up)."""
+    spec = importlib.util.spec_from_file_location(name, os.path.join(SCRIPT_DIR, f"{name}.py"))
+    module = sys.modules[name] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def train_setup(config, info):

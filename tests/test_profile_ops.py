@@ -2,26 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
 
 import jax.numpy as jnp
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(ROOT, "scripts", "profile_ops.py")
+from helpers import SCRIPT_DIR, load_script
 
-
-def _load():
-    spec = importlib.util.spec_from_file_location("profile_ops", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-profile_ops = _load()
+SCRIPT = os.path.join(SCRIPT_DIR, "profile_ops.py")
+profile_ops = load_script("profile_ops")
 
 HLO = """
 %fused_computation (param_0: f32[8,32], param_1: f32[32,16]) -> f32[8,16] {

@@ -3,7 +3,6 @@ moment (also inside a checkpoint write), non-finite steps, config and checkpoint
 corrupted checkpoints, bad settings, malformed data, failing writes, a dead process of two."""
 
 import glob
-import importlib.util
 import os
 import re
 import shutil
@@ -23,7 +22,7 @@ from attnx import checkpoints, data, optim, train
 from attnx import state as state_lib
 from attnx.data import checks
 from attnx.data.spec import DataInfo, Feature
-from helpers import load_config
+from helpers import load_config, load_script
 from test_train import tiny_lm_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -118,10 +117,7 @@ def test_sigkill_at_random_moments_resumes_bit_for_bit(data_dir, tmp_path):
     """10 SIGKILLs (every third inside a checkpoint write, by the fault-injection hook), each
     followed by a restart: the final train state equals the uninterrupted run's bit for bit,
     and no restart ever read a half-written or corrupted checkpoint."""
-    spec = importlib.util.spec_from_file_location("chaos_resume",
-                                                  os.path.join(ROOT, "scripts", "chaos_resume.py"))
-    chaos_resume = sys.modules["chaos_resume"] = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(chaos_resume)
+    chaos_resume = load_script("chaos_resume")
     args = _args(data_dir, num_train_steps=60, checkpoint_every=2, **{"model.dropout_rate": 0.1})
     result = chaos_resume.chaos(args, str(tmp_path / "killed"), kills=10, seed=0, env=_env())
     chaos_resume.run_to_end(args, str(tmp_path / "straight"), _env())
